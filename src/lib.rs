@@ -1,0 +1,12 @@
+//! # order-milestones
+//!
+//! Tells a customer where their order is. A Kafka stream processor that forms one live view
+//! of each grocery order from the events of the 20+ systems it passes through.
+//!
+//! # Layout
+//!
+//! Follow the data:
+//!
+//! - `engine`: the pure heart, free of I/O and clocks. An order's event graph, the
+//!   declarative milestone rules (`topology/*.toml`), inference of placeholders, the order
+//!   view and the milestone change records.
