@@ -10,3 +10,9 @@
 //! - `engine`: the pure heart, free of I/O and clocks. An order's event graph, the
 //!   declarative milestone rules (`topology/*.toml`), inference of placeholders, the order
 //!   view and the milestone change records.
+//! - `simulate`: the engine over a file of JSON events, without Kafka.
+//! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks.
+
+pub mod engine;
+pub mod generate;
+pub mod simulate;

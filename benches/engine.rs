@@ -1,0 +1,86 @@
+//! The engine over a realistic stream, counting the state's decode and encode for each event
+//! as the service does: orders of ~10 events and ~10 items, 20% of events out of order, 5%
+//! redelivered, 64 orders in flight at once.
+//!
+//! `cargo bench --bench engine` (see BENCHMARKS.md). Prints the encoded state sizes of the
+//! finished orders before timing.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use order_milestones::engine::{codec, Engine, OrderEvent, OrderGraph, Rules};
+use order_milestones::generate::{GenerateConfig, Generator};
+
+const ORDERS: u64 = 10_000;
+
+fn stream() -> Vec<OrderEvent> {
+    Generator::new(GenerateConfig {
+        orders: ORDERS,
+        ..GenerateConfig::default()
+    })
+    .collect()
+}
+
+/// What the service does per event: read the order's stored bytes, decode, apply, encode,
+/// write back. Returns the number of change records, so the work cannot be optimized away.
+fn process(
+    engine: &Engine,
+    events: Vec<OrderEvent>,
+    store: &mut HashMap<CompactString, Vec<u8>>,
+) -> usize {
+    let mut records = 0;
+    for event in events {
+        let mut graph = match store.get(&event.order_id) {
+            Some(bytes) => codec::decode(bytes).expect("own encoding decodes"),
+            None => OrderGraph::new(event.order_id.clone()),
+        };
+        records += engine.apply(&mut graph, event).changes.len();
+        let value = store.entry(graph.order_id().into()).or_default();
+        value.clear();
+        codec::encode(&graph, value);
+    }
+    records
+}
+
+fn report_sizes(engine: &Engine, events: &[OrderEvent]) {
+    let mut store = HashMap::new();
+    process(engine, events.to_vec(), &mut store);
+    let mut sizes: Vec<usize> = store.values().map(Vec::len).collect();
+    sizes.sort_unstable();
+    let graphs: Vec<OrderGraph> = store.values().map(|b| codec::decode(b).unwrap()).collect();
+    let mean_events =
+        graphs.iter().map(|g| g.events().len()).sum::<usize>() as f64 / graphs.len() as f64;
+    let p = |q: f64| sizes[((sizes.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "state size over {} orders ({:.1} distinct events each): mean {:.0} B, p50 {} B, p99 {} B, max {} B",
+        sizes.len(),
+        mean_events,
+        sizes.iter().sum::<usize>() as f64 / sizes.len() as f64,
+        p(0.5),
+        p(0.99),
+        sizes[sizes.len() - 1]
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = Engine::new(Arc::new(Rules::builtin().expect("built-in rules")));
+    let events = stream();
+    report_sizes(&engine, &events);
+    let mut group = c.benchmark_group("engine");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.sample_size(20);
+    group.bench_function("apply_with_state_codec", |b| {
+        b.iter_batched(
+            || (events.clone(), HashMap::with_capacity(ORDERS as usize)),
+            |(events, mut store)| black_box(process(&engine, events, &mut store)),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,422 @@
+//! The compact binary encoding of an [`OrderGraph`]: the value stored in RocksDB and in the
+//! changelog topic.
+//!
+//! Layout (format 1), integers as LEB128 varints, `i64`s zigzag-encoded, strings as a
+//! varint length and UTF-8 bytes:
+//!
+//! ```text
+//! format:u8=1  order_id  sequence  duplicates  string_table
+//! n_events  { event_id  type:ref  source:ref  occurred_at  lob:ref  marketplace:ref
+//!             customer:ref+1 (0 = none)  n_items {asin qty}  n_attrs {key value} }
+//! n_milestones { name:ref  flags:u8 (1 = inferred, 2 = has reached_at)  [reached_at]
+//!                n_evidence {event index delta} }
+//! ```
+//!
+//! Event types, sources, lines of business, marketplaces, customer ids and milestone names
+//! repeat across an order's events, so each is written once in a per-order string table and
+//! referred to by index. The first byte is the format version: a reader refuses a format it
+//! does not know rather than misread it, and a later format can be added beside this one.
+
+use std::collections::BTreeMap;
+
+use compact_str::CompactString;
+
+use super::event::{Item, OrderEvent};
+use super::graph::{MilestoneNode, OrderGraph};
+
+/// The format this code writes.
+pub const FORMAT: u8 = 1;
+
+/// Why stored bytes are not a graph.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("empty state value")]
+    Empty,
+    #[error("unknown state format {0} (this build reads format {FORMAT})")]
+    UnknownFormat(u8),
+    #[error("state value truncated at byte {0}")]
+    Truncated(usize),
+    #[error("state value malformed at byte {at}: {what}")]
+    Malformed { at: usize, what: &'static str },
+}
+
+/// Appends the encoding of `graph` to `out`.
+pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
+    let mut table = StringTable::default();
+    for event in &graph.events {
+        table.add(&event.event_type);
+        table.add(&event.source);
+        table.add(&event.line_of_business);
+        table.add(&event.marketplace);
+        if let Some(customer) = &event.customer_id {
+            table.add(customer);
+        }
+    }
+    for node in &graph.milestones {
+        table.add(&node.name);
+    }
+
+    out.push(FORMAT);
+    put_str(out, &graph.order_id);
+    put_u64(out, graph.sequence);
+    put_u64(out, graph.duplicates);
+    put_u64(out, table.strings.len() as u64);
+    for s in &table.strings {
+        put_str(out, s);
+    }
+    put_u64(out, graph.events.len() as u64);
+    for event in &graph.events {
+        put_str(out, &event.event_id);
+        put_u64(out, table.index(&event.event_type));
+        put_u64(out, table.index(&event.source));
+        put_i64(out, event.occurred_at);
+        put_u64(out, table.index(&event.line_of_business));
+        put_u64(out, table.index(&event.marketplace));
+        put_u64(
+            out,
+            event
+                .customer_id
+                .as_deref()
+                .map_or(0, |c| table.index(c) + 1),
+        );
+        put_u64(out, event.items.len() as u64);
+        for item in &event.items {
+            put_str(out, &item.asin);
+            put_i64(out, i64::from(item.qty));
+        }
+        put_u64(out, event.attributes.len() as u64);
+        for (key, value) in &event.attributes {
+            put_str(out, key);
+            put_str(out, value);
+        }
+    }
+    put_u64(out, graph.milestones.len() as u64);
+    for node in &graph.milestones {
+        put_u64(out, table.index(&node.name));
+        let flags = u8::from(node.inferred) | (u8::from(node.reached_at.is_some()) << 1);
+        out.push(flags);
+        if let Some(at) = node.reached_at {
+            put_i64(out, at);
+        }
+        put_u64(out, node.evidence.len() as u64);
+        let mut previous = 0;
+        for &index in &node.evidence {
+            put_u64(out, u64::from(index - previous));
+            previous = index;
+        }
+    }
+}
+
+/// The encoding of `graph` as a new buffer.
+pub fn to_bytes(graph: &OrderGraph) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + 64 * graph.events.len());
+    encode(graph, &mut out);
+    out
+}
+
+/// Reads a graph back. Errors when the bytes are not a graph of a known format; never
+/// panics, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
+    let mut r = Reader { bytes, at: 0 };
+    match r.u8().map_err(|_| CodecError::Empty)? {
+        FORMAT => {}
+        other => return Err(CodecError::UnknownFormat(other)),
+    }
+    let order_id = r.string()?;
+    let sequence = r.u64()?;
+    let duplicates = r.u64()?;
+    let n_strings = r.len()?;
+    let mut table = Vec::with_capacity(n_strings);
+    for _ in 0..n_strings {
+        table.push(r.string()?);
+    }
+
+    let n_events = r.len()?;
+    let mut events = Vec::with_capacity(n_events);
+    for _ in 0..n_events {
+        let event_id = r.string()?;
+        let event_type = r.table_ref(&table)?;
+        let source = r.table_ref(&table)?;
+        let occurred_at = r.i64()?;
+        let line_of_business = r.table_ref(&table)?;
+        let marketplace = r.table_ref(&table)?;
+        let customer_id = match r.u64()? {
+            0 => None,
+            index => Some(r.table_entry(&table, index - 1)?),
+        };
+        let n_items = r.len()?;
+        let mut items = Vec::with_capacity(n_items);
+        for _ in 0..n_items {
+            let asin = r.string()?;
+            let qty = i32::try_from(r.i64()?).map_err(|_| r.malformed("qty out of range"))?;
+            items.push(Item { asin, qty });
+        }
+        let n_attributes = r.len()?;
+        let mut attributes = BTreeMap::new();
+        for _ in 0..n_attributes {
+            let key = r.string()?;
+            attributes.insert(key, r.string()?);
+        }
+        events.push(OrderEvent {
+            event_id,
+            order_id: order_id.clone(),
+            event_type,
+            source,
+            occurred_at,
+            line_of_business,
+            marketplace,
+            customer_id,
+            items,
+            attributes,
+        });
+    }
+
+    let n_milestones = r.len()?;
+    let mut milestones = Vec::with_capacity(n_milestones);
+    for _ in 0..n_milestones {
+        let name = r.table_ref(&table)?;
+        let flags = r.u8()?;
+        let reached_at = if flags & 2 != 0 { Some(r.i64()?) } else { None };
+        let n_evidence = r.len()?;
+        let mut evidence = Vec::with_capacity(n_evidence);
+        let mut index: u64 = 0;
+        for _ in 0..n_evidence {
+            index += r.u64()?;
+            if index >= n_events as u64 {
+                return Err(r.malformed("evidence edge to a missing event"));
+            }
+            evidence.push(index as u32);
+        }
+        milestones.push(MilestoneNode {
+            name,
+            inferred: flags & 1 != 0,
+            reached_at,
+            evidence,
+        });
+    }
+    if r.at != bytes.len() {
+        return Err(r.malformed("trailing bytes"));
+    }
+    Ok(OrderGraph {
+        order_id,
+        events,
+        milestones,
+        sequence,
+        duplicates,
+    })
+}
+
+/// Distinct strings in first-seen order; a handful per order, so a linear search beats a map.
+#[derive(Default)]
+struct StringTable<'a> {
+    strings: Vec<&'a str>,
+}
+
+impl<'a> StringTable<'a> {
+    fn add(&mut self, s: &'a str) {
+        if !self.strings.contains(&s) {
+            self.strings.push(s);
+        }
+    }
+    fn index(&self, s: &str) -> u64 {
+        // Every string written was added first.
+        self.strings
+            .iter()
+            .position(|t| *t == s)
+            .unwrap_or_default() as u64
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn malformed(&self, what: &'static str) -> CodecError {
+        CodecError::Malformed { at: self.at, what }
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        let b = *self
+            .bytes
+            .get(self.at)
+            .ok_or(CodecError::Truncated(self.at))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.malformed("varint longer than 10 bytes"))
+    }
+
+    /// A reference into the string table.
+    fn table_ref(&mut self, table: &[CompactString]) -> Result<CompactString, CodecError> {
+        let index = self.u64()?;
+        self.table_entry(table, index)
+    }
+
+    fn table_entry(
+        &self,
+        table: &[CompactString],
+        index: u64,
+    ) -> Result<CompactString, CodecError> {
+        table
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| self.malformed("string table index out of range"))
+    }
+
+    fn i64(&mut self) -> Result<i64, CodecError> {
+        let v = self.u64()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A count of things that follow; bounded by the bytes left, so that a corrupt count
+    /// cannot make us allocate gigabytes.
+    fn len(&mut self) -> Result<usize, CodecError> {
+        let n = self.u64()?;
+        if n > (self.bytes.len() - self.at) as u64 {
+            return Err(self.malformed("count larger than the value"));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<CompactString, CodecError> {
+        let n = self.len()?;
+        let raw = &self.bytes[self.at..self.at + n];
+        let s = std::str::from_utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
+        self.at += n;
+        Ok(CompactString::from(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Rules};
+    use std::sync::Arc;
+
+    fn event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -> OrderEvent {
+        OrderEvent {
+            event_id: id.into(),
+            order_id: "A".into(),
+            event_type: kind.into(),
+            source: "test".into(),
+            occurred_at: at,
+            line_of_business: "grocery".into(),
+            marketplace: "US".into(),
+            customer_id: Some("C-1".into()),
+            items: items
+                .iter()
+                .map(|(asin, qty)| Item {
+                    asin: (*asin).into(),
+                    qty: *qty,
+                })
+                .collect(),
+            attributes: [("substitute_asin".into(), "B0X".into())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn sample() -> OrderGraph {
+        let engine = Engine::new(Arc::new(Rules::builtin().unwrap()));
+        let mut graph = OrderGraph::new("A");
+        for e in [
+            event("ofd", "OutForDelivery", 1_700_000_900_000, &[]),
+            event(
+                "created",
+                "OrderCreated",
+                1_700_000_000_000,
+                &[("B1", 2), ("B2", 1)],
+            ),
+            event("short", "ItemShorted", -5, &[("B2", 1)]),
+            event("odd", "SomethingNew", 7, &[]),
+        ] {
+            engine.apply(&mut graph, e);
+        }
+        engine.apply(&mut graph, event("odd", "SomethingNew", 7, &[]));
+        graph
+    }
+
+    #[test]
+    fn a_graph_round_trips() {
+        let graph = sample();
+        let bytes = to_bytes(&graph);
+        assert_eq!(bytes[0], FORMAT);
+        assert_eq!(decode(&bytes), Ok(graph));
+    }
+
+    #[test]
+    fn an_empty_graph_round_trips() {
+        let graph = OrderGraph::new("nothing-yet");
+        assert_eq!(decode(&to_bytes(&graph)), Ok(graph));
+    }
+
+    #[test]
+    fn damaged_values_are_errors_not_panics() {
+        let bytes = to_bytes(&sample());
+        assert_eq!(decode(&[]), Err(CodecError::Empty));
+        assert_eq!(decode(&[9]), Err(CodecError::UnknownFormat(9)));
+        for cut in 1..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} decoded");
+        }
+        let mut flipped = bytes.clone();
+        for i in 1..flipped.len() {
+            flipped[i] ^= 0xff;
+            let _ = decode(&flipped); // must not panic
+            flipped[i] ^= 0xff;
+        }
+        let mut trailing = bytes;
+        trailing.push(0);
+        assert!(matches!(
+            decode(&trailing),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    /// The size target of issue 3: a realistic order (~10 events, ~10 items) fits in 2 KiB.
+    #[test]
+    fn realistic_orders_fit_in_two_kib() {
+        use crate::generate::{GenerateConfig, Generator};
+        let engine = Engine::new(Arc::new(Rules::builtin().unwrap()));
+        let mut graphs = std::collections::HashMap::new();
+        for event in Generator::new(GenerateConfig {
+            orders: 2000,
+            ..GenerateConfig::default()
+        }) {
+            let graph = graphs
+                .entry(event.order_id.clone())
+                .or_insert_with(|| OrderGraph::new(event.order_id.clone()));
+            engine.apply(graph, event);
+        }
+        let largest = graphs.values().map(|g| to_bytes(g).len()).max().unwrap();
+        assert!(largest <= 2048, "largest state {largest} bytes");
+    }
+}

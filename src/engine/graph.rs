@@ -1,0 +1,98 @@
+//! One order's graph: its distinct events, and its milestone nodes with evidence edges to
+//! the events behind them. This is the unit of state: one RocksDB value and one changelog
+//! record per order (see [`super::codec`] for its encoding).
+//!
+//! Item nodes are not stored: they are a function of the events' `items` (the edges from
+//! events to ASINs) and are built when needed ([`super::view::item_facts`]), so a stored
+//! graph never disagrees with itself.
+
+use compact_str::CompactString;
+
+use super::event::OrderEvent;
+
+/// The state of one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderGraph {
+    pub(crate) order_id: CompactString,
+    /// Distinct events in arrival order; an event's place is its node id, which evidence
+    /// edges refer to. Events are kept whole, unknown types too, so that rules added later
+    /// can use them.
+    pub(crate) events: Vec<OrderEvent>,
+    /// Milestones reached so far, in the order they were first reached. Never removed: a
+    /// milestone once reported stays reported.
+    pub(crate) milestones: Vec<MilestoneNode>,
+    /// The sequence of the last change record emitted for the order.
+    pub(crate) sequence: u64,
+    /// Deliveries of an event id already in `events`.
+    pub(crate) duplicates: u64,
+}
+
+/// A reached milestone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MilestoneNode {
+    /// By name and not by rank or index, so that stored state outlives rules changes.
+    pub name: CompactString,
+    /// Reached only because a milestone that implies it was (a placeholder).
+    pub inferred: bool,
+    /// Smallest `occurred_at` of the evidence; `None` while inferred.
+    pub reached_at: Option<i64>,
+    /// Evidence edges: indices into [`OrderGraph::events`], ascending.
+    pub evidence: Vec<u32>,
+}
+
+impl OrderGraph {
+    /// The state of an order the service has not heard of yet.
+    pub fn new(order_id: impl Into<CompactString>) -> OrderGraph {
+        OrderGraph {
+            order_id: order_id.into(),
+            events: Vec::new(),
+            milestones: Vec::new(),
+            sequence: 0,
+            duplicates: 0,
+        }
+    }
+
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+
+    pub fn events(&self) -> &[OrderEvent] {
+        &self.events
+    }
+
+    pub fn milestones(&self) -> &[MilestoneNode] {
+        &self.milestones
+    }
+
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    pub fn contains_event(&self, event_id: &str) -> bool {
+        self.events.iter().any(|e| e.event_id == event_id)
+    }
+
+    pub(crate) fn milestone_mut(&mut self, name: &str) -> Option<&mut MilestoneNode> {
+        self.milestones.iter_mut().find(|m| m.name == name)
+    }
+
+    /// The order's customer: from the earliest event that names one (by `occurred_at`, then
+    /// `event_id`), so that it does not depend on arrival order.
+    pub fn customer_id(&self) -> Option<&str> {
+        self.events
+            .iter()
+            .filter(|e| e.customer_id.is_some())
+            .min_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)))
+            .and_then(|e| e.customer_id.as_deref())
+    }
+
+    /// The latest `occurred_at` among the events; used to tell when an order is finished
+    /// long enough to leave state.
+    pub fn last_occurred_at(&self) -> Option<i64> {
+        self.events.iter().map(|e| e.occurred_at).max()
+    }
+}

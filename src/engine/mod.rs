@@ -1,0 +1,226 @@
+//! The milestone engine: pure, with no I/O and no clock, so that it is tested alone and the
+//! same code serves the stream processor and `milestones simulate`.
+//!
+//! An order's state is an [`OrderGraph`]. [`Engine::apply`] adds one event to it and returns
+//! the milestone changes the event causes; [`Engine::view`] gives the order view;
+//! [`Engine::reevaluate`] applies new rules to a stored order without replaying its events.
+//!
+//! The reached milestones are a function of the set of distinct events (see
+//! [`evaluate`](self::evaluate)); the graph remembers which milestones were already reported,
+//! so each change is reported once, in sequence, and never goes back.
+
+pub mod codec;
+mod evaluate;
+pub mod event;
+pub mod graph;
+pub mod rules;
+pub mod view;
+
+use std::sync::Arc;
+
+use compact_str::CompactString;
+
+pub use event::{EventError, Item, OrderEvent};
+pub use graph::{MilestoneNode, OrderGraph};
+pub use rules::{Rules, RulesError};
+pub use view::{ItemView, MilestoneChange, MilestoneView, OrderView};
+
+use evaluate::evaluate;
+use view::item_facts;
+
+/// Applies rules to orders. Cheap to clone: the rules are shared.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    rules: Arc<Rules>,
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The milestone change records, in rank order, with their sequences.
+    pub changes: Vec<MilestoneChange>,
+    /// The event id was already in the order: nothing changed but the duplicate count.
+    pub duplicate: bool,
+    /// An event of the order that occurred later had already arrived.
+    pub out_of_order: bool,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<Rules>) -> Engine {
+        Engine { rules }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Adds one event to its order's graph. The caller passes the graph of
+    /// `event.order_id`; a duplicate `event_id` only counts as a duplicate.
+    pub fn apply(&self, graph: &mut OrderGraph, event: OrderEvent) -> Applied {
+        debug_assert_eq!(
+            graph.order_id, event.order_id,
+            "event applied to another order's graph"
+        );
+        if graph.contains_event(&event.event_id) {
+            graph.duplicates += 1;
+            return Applied {
+                changes: Vec::new(),
+                duplicate: true,
+                out_of_order: false,
+            };
+        }
+        let out_of_order = graph
+            .events
+            .iter()
+            .any(|e| e.occurred_at > event.occurred_at);
+        graph.events.push(event);
+        Applied {
+            changes: self.settle(graph),
+            duplicate: false,
+            out_of_order,
+        }
+    }
+
+    /// Brings a stored order up to date with this engine's rules, for example after a rule
+    /// was added, and returns the changes that causes. With the rules the order was built
+    /// with, it changes nothing.
+    pub fn reevaluate(&self, graph: &mut OrderGraph) -> Vec<MilestoneChange> {
+        self.settle(graph)
+    }
+
+    /// The order view (contract section 3).
+    pub fn view(&self, graph: &OrderGraph) -> OrderView {
+        let facts = item_facts(&self.rules, &graph.events);
+        OrderView {
+            order_id: graph.order_id.clone(),
+            status: self.status(graph).cloned(),
+            placeholder: facts.placeholder,
+            milestones: self
+                .known_nodes(graph)
+                .map(|(_, node)| MilestoneView {
+                    name: node.name.clone(),
+                    inferred: node.inferred,
+                    reached_at: node.reached_at,
+                })
+                .collect(),
+            items: facts
+                .items
+                .into_iter()
+                .map(|f| ItemView {
+                    asin: f.asin,
+                    ordered: f.ordered,
+                    shorted: f.shorted,
+                    substituted: f.substituted,
+                })
+                .collect(),
+            events: graph.events.len() as u64,
+            duplicates: graph.duplicates,
+        }
+    }
+
+    /// The reached milestone of highest rank.
+    pub fn status<'g>(&self, graph: &'g OrderGraph) -> Option<&'g CompactString> {
+        self.known_nodes(graph).last().map(|(_, node)| &node.name)
+    }
+
+    /// The graph's milestone nodes that the rules know, in rank order.
+    fn known_nodes<'g>(
+        &self,
+        graph: &'g OrderGraph,
+    ) -> impl Iterator<Item = (rules::MilestoneId, &'g MilestoneNode)> {
+        let mut known: Vec<_> = graph
+            .milestones
+            .iter()
+            .filter_map(|node| self.rules.milestone_id(&node.name).map(|id| (id, node)))
+            .collect();
+        known.sort_unstable_by_key(|(id, _)| *id);
+        known.into_iter()
+    }
+
+    /// Brings the graph's milestone nodes in line with the evaluation of its events and
+    /// returns one record for each milestone newly reached or confirmed.
+    fn settle(&self, graph: &mut OrderGraph) -> Vec<MilestoneChange> {
+        let eval = evaluate(&self.rules, &graph.events);
+        let mut changed = Vec::new(); // (milestone id, inferred) in rank order
+        for id in eval.reached.iter() {
+            let evidenced = eval.evidenced.contains(id);
+            let name = &self.rules.milestones()[id].name;
+            let (reached_at, evidence) = if evidenced {
+                (
+                    eval.reached_at(id, &graph.events),
+                    eval.evidence[id].clone(),
+                )
+            } else {
+                (
+                    None,
+                    eval.inferred_evidence(id, &self.rules, graph.events.len()),
+                )
+            };
+            match graph.milestone_mut(name) {
+                None => {
+                    graph.milestones.push(MilestoneNode {
+                        name: name.clone(),
+                        inferred: !evidenced,
+                        reached_at,
+                        evidence,
+                    });
+                    changed.push((id, !evidenced));
+                }
+                Some(node) if node.inferred && evidenced => {
+                    node.inferred = false;
+                    node.reached_at = reached_at;
+                    node.evidence = evidence;
+                    changed.push((id, false));
+                }
+                // Still inferred, or confirmed with (possibly earlier) evidence: refresh the
+                // edges, no record. A confirmed milestone that a rule change no longer
+                // evidences keeps what it had: it is never reported as inferred again.
+                Some(node) if node.inferred || evidenced => {
+                    node.reached_at = reached_at;
+                    node.evidence = evidence;
+                }
+                Some(_) => {}
+            }
+        }
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        self.records(graph, &changed)
+    }
+
+    fn records(
+        &self,
+        graph: &mut OrderGraph,
+        changed: &[(rules::MilestoneId, bool)],
+    ) -> Vec<MilestoneChange> {
+        let status = self.status(graph).cloned().unwrap_or_default();
+        let customer_id = graph.customer_id().map(CompactString::from);
+        let version = CompactString::from(self.rules.version());
+        let mut records = Vec::with_capacity(changed.len());
+        for &(id, inferred) in changed {
+            let name = &self.rules.milestones()[id].name;
+            let Some(node) = graph.milestones.iter().find(|m| m.name == *name) else {
+                continue;
+            };
+            let mut evidence: Vec<CompactString> = node
+                .evidence
+                .iter()
+                .map(|&i| graph.events[i as usize].event_id.clone())
+                .collect();
+            evidence.sort_unstable();
+            records.push(MilestoneChange {
+                order_id: graph.order_id.clone(),
+                sequence: graph.sequence + records.len() as u64 + 1,
+                milestone: name.clone(),
+                inferred,
+                reached_at: node.reached_at,
+                status: status.clone(),
+                evidence,
+                rules_version: version.clone(),
+                customer_id: customer_id.clone(),
+            });
+        }
+        graph.sequence += records.len() as u64;
+        records
+    }
+}
