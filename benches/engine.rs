@@ -14,6 +14,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use order_milestones::engine::{codec, Engine, OrderEvent, OrderGraph, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
 
+/// The service's allocator, so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ORDERS: u64 = 10_000;
 
 fn stream() -> Vec<OrderEvent> {

@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use order_milestones::engine::{Engine, Rules};
 use order_milestones::simulate;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// order-milestones: tells a customer where their order is.
 #[derive(Parser)]
 #[command(name = "milestones", version, about)]

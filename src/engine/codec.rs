@@ -42,20 +42,53 @@ pub enum CodecError {
 
 /// Appends the encoding of `graph` to `out`.
 pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
+    // One pass: the body is written while the string table fills, then the table goes first.
     let mut table = StringTable::default();
+    let mut body = Vec::with_capacity(64 * graph.events.len() + 16 * graph.milestones.len() + 8);
+    let b = &mut body;
+    put_u64(b, graph.events.len() as u64);
     for event in &graph.events {
-        table.add(&event.event_type);
-        table.add(&event.source);
-        table.add(&event.line_of_business);
-        table.add(&event.marketplace);
-        if let Some(customer) = &event.customer_id {
-            table.add(customer);
+        put_str(b, &event.event_id);
+        put_u64(b, table.intern(&event.event_type));
+        put_u64(b, table.intern(&event.source));
+        put_i64(b, event.occurred_at);
+        put_u64(b, table.intern(&event.line_of_business));
+        put_u64(b, table.intern(&event.marketplace));
+        put_u64(
+            b,
+            event
+                .customer_id
+                .as_deref()
+                .map_or(0, |c| table.intern(c) + 1),
+        );
+        put_u64(b, event.items.len() as u64);
+        for item in &event.items {
+            put_str(b, &item.asin);
+            put_i64(b, i64::from(item.qty));
+        }
+        put_u64(b, event.attributes.len() as u64);
+        for (key, value) in &event.attributes {
+            put_str(b, key);
+            put_str(b, value);
         }
     }
+    put_u64(b, graph.milestones.len() as u64);
     for node in &graph.milestones {
-        table.add(&node.name);
+        put_u64(b, table.intern(&node.name));
+        let flags = u8::from(node.inferred) | (u8::from(node.reached_at.is_some()) << 1);
+        b.push(flags);
+        if let Some(at) = node.reached_at {
+            put_i64(b, at);
+        }
+        put_u64(b, node.evidence.len() as u64);
+        let mut previous = 0;
+        for &index in &node.evidence {
+            put_u64(b, u64::from(index - previous));
+            previous = index;
+        }
     }
 
+    out.reserve(body.len() + 16 * table.strings.len() + 32);
     out.push(FORMAT);
     put_str(out, &graph.order_id);
     put_u64(out, graph.sequence);
@@ -64,47 +97,7 @@ pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
     for s in &table.strings {
         put_str(out, s);
     }
-    put_u64(out, graph.events.len() as u64);
-    for event in &graph.events {
-        put_str(out, &event.event_id);
-        put_u64(out, table.index(&event.event_type));
-        put_u64(out, table.index(&event.source));
-        put_i64(out, event.occurred_at);
-        put_u64(out, table.index(&event.line_of_business));
-        put_u64(out, table.index(&event.marketplace));
-        put_u64(
-            out,
-            event
-                .customer_id
-                .as_deref()
-                .map_or(0, |c| table.index(c) + 1),
-        );
-        put_u64(out, event.items.len() as u64);
-        for item in &event.items {
-            put_str(out, &item.asin);
-            put_i64(out, i64::from(item.qty));
-        }
-        put_u64(out, event.attributes.len() as u64);
-        for (key, value) in &event.attributes {
-            put_str(out, key);
-            put_str(out, value);
-        }
-    }
-    put_u64(out, graph.milestones.len() as u64);
-    for node in &graph.milestones {
-        put_u64(out, table.index(&node.name));
-        let flags = u8::from(node.inferred) | (u8::from(node.reached_at.is_some()) << 1);
-        out.push(flags);
-        if let Some(at) = node.reached_at {
-            put_i64(out, at);
-        }
-        put_u64(out, node.evidence.len() as u64);
-        let mut previous = 0;
-        for &index in &node.evidence {
-            put_u64(out, u64::from(index - previous));
-            previous = index;
-        }
-    }
+    out.extend_from_slice(&body);
 }
 
 /// The encoding of `graph` as a new buffer.
@@ -213,32 +206,42 @@ struct StringTable<'a> {
 }
 
 impl<'a> StringTable<'a> {
-    fn add(&mut self, s: &'a str) {
-        if !self.strings.contains(&s) {
-            self.strings.push(s);
+    /// The index of `s`, added if new.
+    fn intern(&mut self, s: &'a str) -> u64 {
+        match self.strings.iter().position(|t| *t == s) {
+            Some(index) => index as u64,
+            None => {
+                self.strings.push(s);
+                (self.strings.len() - 1) as u64
+            }
         }
     }
-    fn index(&self, s: &str) -> u64 {
-        // Every string written was added first.
-        self.strings
-            .iter()
-            .position(|t| *t == s)
-            .unwrap_or_default() as u64
-    }
 }
 
+#[inline]
 fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+    // Most values (counts, indices, lengths) fit one byte.
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
     }
-    out.push(v as u8);
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    out.extend_from_slice(&buf[..=n]);
 }
 
+#[inline]
 fn put_i64(out: &mut Vec<u8>, v: i64) {
     put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
+#[inline]
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u64(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
@@ -263,7 +266,18 @@ impl Reader<'_> {
         Ok(b)
     }
 
+    #[inline]
     fn u64(&mut self) -> Result<u64, CodecError> {
+        match self.bytes.get(self.at) {
+            Some(&b) if b < 0x80 => {
+                self.at += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.u64_long(),
+        }
+    }
+
+    fn u64_long(&mut self) -> Result<u64, CodecError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -292,6 +306,7 @@ impl Reader<'_> {
             .ok_or_else(|| self.malformed("string table index out of range"))
     }
 
+    #[inline]
     fn i64(&mut self) -> Result<i64, CodecError> {
         let v = self.u64()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -299,6 +314,7 @@ impl Reader<'_> {
 
     /// A count of things that follow; bounded by the bytes left, so that a corrupt count
     /// cannot make us allocate gigabytes.
+    #[inline]
     fn len(&mut self) -> Result<usize, CodecError> {
         let n = self.u64()?;
         if n > (self.bytes.len() - self.at) as u64 {
@@ -307,12 +323,13 @@ impl Reader<'_> {
         Ok(n as usize)
     }
 
+    #[inline]
     fn string(&mut self) -> Result<CompactString, CodecError> {
         let n = self.len()?;
         let raw = &self.bytes[self.at..self.at + n];
         let s = std::str::from_utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
         self.at += n;
-        Ok(CompactString::from(s))
+        Ok(CompactString::new(s))
     }
 }
 

@@ -140,16 +140,16 @@ impl Engine {
     /// Brings the graph's milestone nodes in line with the evaluation of its events and
     /// returns one record for each milestone newly reached or confirmed.
     fn settle(&self, graph: &mut OrderGraph) -> Vec<MilestoneChange> {
-        let eval = evaluate(&self.rules, &graph.events);
+        let mut eval = evaluate(&self.rules, &graph.events);
         let mut changed = Vec::new(); // (milestone id, inferred) in rank order
         for id in eval.reached.iter() {
             let evidenced = eval.evidenced.contains(id);
             let name = &self.rules.milestones()[id].name;
             let (reached_at, evidence) = if evidenced {
-                (
-                    eval.reached_at(id, &graph.events),
-                    eval.evidence[id].clone(),
-                )
+                // Taken, not cloned: ids go up in rank order and implications point down,
+                // so no milestone still to come reads this one's evidence.
+                let reached_at = eval.reached_at(id, &graph.events);
+                (reached_at, std::mem::take(&mut eval.evidence[id]))
             } else {
                 (
                     None,
