@@ -109,7 +109,7 @@ async fn order_event_round_trips_through_registry_and_broker() {
     let producer: FutureProducer = common::client_config()
         .create()
         .expect("creating the producer");
-    let (partition, offset) = producer
+    let delivery = producer
         .send(
             FutureRecord::to(&topic).key("order-42").payload(&payload),
             Duration::from_secs(30),
@@ -126,14 +126,16 @@ async fn order_event_round_trips_through_registry_and_broker() {
         .expect("creating the consumer");
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(&topic, partition, Offset::Beginning)
+        .add_partition_offset(&topic, delivery.partition, Offset::Beginning)
         .unwrap();
-    consumer.assign(&assignment).expect("assigning the partition");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partition");
     let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
         .unwrap_or_else(|_| panic!("no record came back from {topic} within 30s"))
         .unwrap_or_else(|e| panic!("consuming from {topic}: {e}"));
-    assert_eq!(message.offset(), offset, "the record we produced");
+    assert_eq!(message.offset(), delivery.offset, "the record we produced");
     assert_eq!(message.key(), Some(&b"order-42"[..]), "record key");
     assert_eq!(
         message.payload(),

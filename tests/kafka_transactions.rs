@@ -40,7 +40,9 @@ async fn read_all(topic: &str, isolation_level: &str) -> Vec<String> {
     assignment
         .add_partition_offset(topic, 0, Offset::Beginning)
         .unwrap();
-    consumer.assign(&assignment).expect("assigning the partition");
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partition");
 
     let mut payloads = Vec::new();
     let read = async {
@@ -57,9 +59,7 @@ async fn read_all(topic: &str, isolation_level: &str) -> Vec<String> {
     };
     tokio::time::timeout(Duration::from_secs(30), read)
         .await
-        .unwrap_or_else(|_| {
-            panic!("{topic} ({isolation_level}): no end of partition within 30s")
-        });
+        .unwrap_or_else(|_| panic!("{topic} ({isolation_level}): no end of partition within 30s"));
     payloads
 }
 

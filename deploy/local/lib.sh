@@ -2,6 +2,7 @@
 # Shared by deploy/local/stack and the console tool wrappers: pinned versions,
 # cache and run locations, fetching from Maven Central, and the Kafka tools classpath.
 # Sourced, never run.
+# shellcheck disable=SC2034  # the variables are used by the scripts that source this file
 
 # Pinned versions (checked against Maven Central's metadata with mvn).
 KAFKA_VERSION=4.4.0
@@ -21,7 +22,6 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${REGISTRY_PORT:-8081}
 
-LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 die() {
     echo "error: $*" >&2

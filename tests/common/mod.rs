@@ -109,9 +109,12 @@ pub async fn require_schema_registry() {
 /// Creates topics with replication factor 1 (the local broker is one node) and waits
 /// for the broker to confirm; panics on any failure.
 pub async fn create_topics(names: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config()
-        .create()
-        .unwrap_or_else(|e| panic!("cannot create a Kafka admin client for {}: {e}", bootstrap()));
+    let admin: AdminClient<DefaultClientContext> = client_config().create().unwrap_or_else(|e| {
+        panic!(
+            "cannot create a Kafka admin client for {}: {e}",
+            bootstrap()
+        )
+    });
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
