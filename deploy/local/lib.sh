@@ -1,0 +1,173 @@
+# shellcheck shell=bash
+# Shared by deploy/local/stack and the console tool wrappers: pinned versions,
+# cache and run locations, fetching from Maven Central, and the Kafka tools classpath.
+# Sourced, never run.
+# shellcheck disable=SC2034  # the variables are used by the scripts that source this file
+
+# Pinned versions (checked against Maven Central's metadata with mvn).
+KAFKA_VERSION=4.4.0
+SCALA_VERSION=2.13
+LOG4J_VERSION=2.25.5
+SLF4J_VERSION=2.0.17
+APICURIO_VERSION=3.0.9
+
+CACHE=${ORDER_MILESTONES_CACHE:-$HOME/.cache/order-milestones}
+RUN=${ORDER_MILESTONES_RUN:-$HOME/.local/state/order-milestones/stack}
+M2=$CACHE/m2
+KAFKA_HOME=$CACHE/kafka-$KAFKA_VERSION
+KAFKA_LIBS=$KAFKA_HOME/libs
+APICURIO_HOME=$CACHE/apicurio-registry-$APICURIO_VERSION
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+REGISTRY_PORT=${REGISTRY_PORT:-8081}
+
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+say() {
+    echo "stack: $*" >&2
+}
+
+need_java() {
+    command -v java >/dev/null 2>&1 ||
+        die "java not found: Kafka $KAFKA_VERSION and Apicurio $APICURIO_VERSION need Java 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+    local v
+    v=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+    [[ ${v%%.*} =~ ^[0-9]+$ && ${v%%.*} -ge 17 ]] ||
+        die "java $v is too old: Kafka $KAFKA_VERSION and Apicurio $APICURIO_VERSION need Java 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+}
+
+need_mvn() {
+    command -v mvn >/dev/null 2>&1 ||
+        die "mvn not found: it fetches Kafka and Apicurio from Maven Central into $CACHE (Debian: apt-get install maven)"
+}
+
+# mvn in batch mode against the project's own local repository; output to a log file.
+run_mvn() {
+    local log=$1
+    shift
+    mkdir -p "$CACHE/logs"
+    mvn -B -ntp -Dmaven.repo.local="$M2" "$@" >"$log" 2>&1
+}
+
+# Kafka broker + console tools jars, with runtime dependencies, into $KAFKA_LIBS.
+fetch_kafka() {
+    [[ -f $KAFKA_LIBS/.complete ]] && return 0
+    need_mvn
+    need_java
+    say "fetching Kafka $KAFKA_VERSION (kafka_$SCALA_VERSION, kafka-tools, log4j2) with mvn into $KAFKA_HOME"
+    local pomdir=$CACHE/poms/kafka-$KAFKA_VERSION log=$CACHE/logs/mvn-kafka-$KAFKA_VERSION.log
+    mkdir -p "$pomdir"
+    cat >"$pomdir/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.order-milestones</groupId>
+  <artifactId>kafka-libs</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_$SCALA_VERSION</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <!-- The Kafka POMs leave logging out; the distribution ships log4j2 behind slf4j. -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    rm -rf "$KAFKA_LIBS.tmp"
+    run_mvn "$log" -f "$pomdir/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" ||
+        die "fetching Kafka $KAFKA_VERSION from Maven Central with mvn failed: see $log (network access to Maven Central is needed once; later runs use $M2)"
+    rm -rf "$KAFKA_LIBS"
+    mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+    touch "$KAFKA_LIBS/.complete"
+}
+
+# The Apicurio Registry Quarkus app, unpacked into $APICURIO_HOME.
+fetch_apicurio() {
+    [[ -f $APICURIO_HOME/.complete ]] && return 0
+    need_mvn
+    need_java
+    say "fetching Apicurio Registry $APICURIO_VERSION with mvn into $APICURIO_HOME"
+    local log=$CACHE/logs/mvn-apicurio-$APICURIO_VERSION.log tmp=$APICURIO_HOME.tmp
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    run_mvn "$log" dependency:copy \
+        -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+        -DoutputDirectory="$tmp/dist" ||
+        die "fetching Apicurio Registry $APICURIO_VERSION from Maven Central with mvn failed: see $log (network access to Maven Central is needed once; later runs use $M2)"
+    tar -xzf "$tmp"/dist/*.tar.gz -C "$tmp" || die "unpacking the Apicurio Registry $APICURIO_VERSION archive in $tmp failed"
+    rm -rf "$tmp/dist"
+    [[ -n $(APICURIO_HOME=$tmp apicurio_jar) ]] ||
+        die "the Apicurio Registry $APICURIO_VERSION archive has no quarkus-run.jar nor *-runner.jar (see $tmp)"
+    rm -rf "$APICURIO_HOME"
+    mv "$tmp" "$APICURIO_HOME"
+    touch "$APICURIO_HOME/.complete"
+}
+
+# 3.1+ unpacks to quarkus-run.jar (fast-jar); 3.0.x to apicurio-registry-app-*-runner.jar.
+apicurio_jar() {
+    find "$APICURIO_HOME" -maxdepth 2 \( -name quarkus-run.jar -o -name 'apicurio-registry-app-*-runner.jar' \) -print -quit
+}
+
+# log4j2 configs: the broker logs to $RUN/logs/kafka.log, the tools log warnings to stderr.
+write_log4j_configs() {
+    mkdir -p "$KAFKA_HOME/config"
+    cat >"$KAFKA_HOME/config/log4j2.properties" <<'L4J'
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/kafka.log
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+L4J
+    cat >"$KAFKA_HOME/config/tools-log4j2.properties" <<'L4J'
+status = warn
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stderr.ref = stderr
+L4J
+}
+
+# Runs a Kafka tool's main class on the cached classpath, arguments passed through.
+kafka_tool() {
+    local main=$1
+    shift
+    need_java
+    fetch_kafka
+    [[ -f $KAFKA_HOME/config/tools-log4j2.properties ]] || write_log4j_configs
+    exec java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$KAFKA_HOME/config/tools-log4j2.properties" \
+        -cp "$KAFKA_LIBS/*" "$main" "$@"
+}
+
+# Like kafka_tool, but adds --bootstrap-server for the local stack when the user gave none.
+kafka_client_tool() {
+    local main=$1 a
+    shift
+    for a in "$@"; do
+        case $a in
+        --bootstrap-server | --bootstrap-server=* | --bootstrap-controller | --bootstrap-controller=*)
+            kafka_tool "$main" "$@"
+            ;;
+        esac
+    done
+    kafka_tool "$main" --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"
+}
