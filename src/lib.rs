@@ -10,9 +10,16 @@
 //! - `engine`: the pure heart, free of I/O and clocks. An order's event graph, the
 //!   declarative milestone rules (`topology/*.toml`), inference of placeholders, the order
 //!   view and the milestone change records.
+//! - `config`: layered configuration (defaults, file, `MILESTONES__` environment) and the
+//!   topic topology of `topology/topics.toml`.
+//! - `kafka`: librdkafka client configurations, one builder for every role.
+//! - `topics`: the topic topology: plan, create (`topics apply`), check, describe.
 //! - `simulate`: the engine over a file of JSON events, without Kafka.
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks.
 
+pub mod config;
 pub mod engine;
 pub mod generate;
+pub mod kafka;
 pub mod simulate;
+pub mod topics;

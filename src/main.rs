@@ -1,7 +1,7 @@
 //! The `milestones` binary: parses the command line, loads config, wires, and runs.
 
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use order_milestones::config::Config;
 use order_milestones::engine::{Engine, Rules};
-use order_milestones::simulate;
+use order_milestones::generate::{GenerateConfig, Generator};
+use order_milestones::{simulate, topics};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,10 +39,58 @@ enum Command {
         #[arg(long = "final")]
         final_views: bool,
     },
+    /// Generates demo orders as JSON events, one per line (out of order and redelivered
+    /// as asked); the stream is the same for the same seed.
+    Generate {
+        /// How many orders.
+        #[arg(long, default_value_t = 10)]
+        orders: u64,
+        /// Share of events that arrive after a later event of their order.
+        #[arg(long, default_value_t = 0.2)]
+        out_of_order: f64,
+        /// Share of events delivered twice.
+        #[arg(long, default_value_t = 0.05)]
+        redelivered: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Order ids are PREFIX followed by a number.
+        #[arg(long, default_value = "O-")]
+        order_prefix: String,
+    },
     /// Milestone rules files.
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// The service's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// The topology in effect.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Creates the topics that do not exist yet (inputs, outputs, changelog, dead letters)
+    /// and checks that the inputs are co-partitioned; existing topics are left as they are.
+    Apply {
+        /// Configuration file (see the README); defaults and MILESTONES__ variables apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Prints the topics, formats and rules version for humans; needs no broker.
+    Describe {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -102,6 +152,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e).context("simulate"),
             }
         }
+        Command::Generate {
+            orders,
+            out_of_order,
+            redelivered,
+            seed,
+            order_prefix,
+        } => {
+            for (name, share) in [
+                ("--out-of-order", out_of_order),
+                ("--redelivered", redelivered),
+            ] {
+                anyhow::ensure!(
+                    (0.0..1.0).contains(&share),
+                    "{name} is {share}: give a share from 0 to below 1"
+                );
+            }
+            let config = GenerateConfig {
+                orders,
+                out_of_order,
+                redelivered,
+                seed,
+                order_prefix,
+                ..GenerateConfig::default()
+            };
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for event in Generator::new(config) {
+                let written = serde_json::to_writer(&mut out, &event)
+                    .map_err(io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+                match written {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => return Err(e).context("generate"),
+                }
+            }
+            match out.flush() {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("generate"),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Rules {
             command: RulesCommand::Check { file },
         } => match load_rules(file.as_deref()) {
@@ -114,7 +206,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Topics {
+            command: TopicsCommand::Apply { config },
+        } => {
+            let config = load_config(config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            for applied in runtime.block_on(topics::apply(&config))? {
+                match applied {
+                    topics::Applied::Created(t) => println!(
+                        "created {} ({} partitions, replication {}{})",
+                        t.name,
+                        t.partitions,
+                        t.replication_factor,
+                        t.configs
+                            .iter()
+                            .map(|(k, v)| format!(", {k}={v}"))
+                            .collect::<String>()
+                    ),
+                    topics::Applied::Existed { name, partitions } => {
+                        println!("exists  {name} ({partitions} partitions)")
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology {
+            command: TopologyCommand::Describe { config },
+        } => {
+            let config = load_config(config.as_deref())?;
+            let rules = load_rules(config.rules.file.as_deref())?;
+            print!("{}", topics::describe(&config, &rules));
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).context("config")
 }
 
 fn load_rules(path: Option<&Path>) -> anyhow::Result<Rules> {

@@ -1,0 +1,80 @@
+//! librdkafka client configurations, built one way for every client of the service: the
+//! bootstrap servers and passthrough properties of the configuration, then what each role
+//! needs and the service manages itself.
+
+use rdkafka::config::ClientConfig;
+
+use crate::config::Config;
+
+/// What a client is for; each role gets the settings it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    /// The group member that consumes the inputs.
+    GroupConsumer,
+    /// A consumer outside the group: changelog restore, follower partitions.
+    AssignedConsumer,
+    /// The transactional producer of all outputs.
+    TransactionalProducer,
+    /// A plain producer (the demo generator).
+    Producer,
+}
+
+/// The librdkafka configuration of a client in `role`.
+pub fn client_config(config: &Config, role: Role) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    client.set(
+        "client.id",
+        format!(
+            "{}-{}",
+            config.application.id, config.application.instance_id
+        ),
+    );
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value);
+    }
+    let consumer = |client: &mut ClientConfig| {
+        for (key, value) in &config.kafka.consumer {
+            client.set(key, value);
+        }
+        client
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest");
+    };
+    let producer = |client: &mut ClientConfig| {
+        for (key, value) in &config.kafka.producer {
+            client.set(key, value);
+        }
+        client.set("enable.idempotence", "true");
+    };
+    match role {
+        Role::Admin => {}
+        Role::GroupConsumer => {
+            consumer(&mut client);
+            client
+                .set("group.id", &config.application.id)
+                .set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        Role::AssignedConsumer => {
+            consumer(&mut client);
+            // librdkafka wants a group id even for assign-only consumers; it never joins.
+            client
+                .set("group.id", format!("{}-assigned", config.application.id))
+                .set("enable.partition.eof", "true");
+        }
+        Role::TransactionalProducer => {
+            producer(&mut client);
+            client
+                .set("transactional.id", config.transactional_id())
+                .set(
+                    "transaction.timeout.ms",
+                    config.processing.transaction_timeout_ms.to_string(),
+                );
+        }
+        Role::Producer => producer(&mut client),
+    }
+    client
+}
