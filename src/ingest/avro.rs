@@ -125,7 +125,7 @@ impl Reader<'_> {
             .filter(|&len| len <= self.bytes.len())
             .ok_or_else(|| {
                 format!(
-                    "{field}: string of length {len} with {} bytes left",
+                    "{field}: truncated, a string of length {len} with {} bytes left",
                     self.bytes.len()
                 )
             })?;
@@ -149,7 +149,7 @@ impl Reader<'_> {
         let count = count.unsigned_abs();
         if count > self.bytes.len() as u64 {
             return Err(format!(
-                "{field}: block of {count} items with {} bytes left",
+                "{field}: truncated, a block of {count} items with {} bytes left",
                 self.bytes.len()
             ));
         }
@@ -335,7 +335,7 @@ mod tests {
         let datum = write(full_value());
         for len in 0..datum.len() {
             let error = read_event(&datum[..len]).unwrap_err();
-            assert!(error.contains(':'), "{len}: {error}");
+            assert!(error.contains("truncated"), "{len}: {error}");
         }
         let mut longer = datum.clone();
         longer.push(0);
@@ -348,7 +348,9 @@ mod tests {
         // items block claiming 2^40 items.
         let mut datum = vec![0, 0, 0, 0, 0, 0, 0, 0];
         datum.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
-        assert!(read_event(&datum).unwrap_err().contains("items: block of"));
+        assert!(read_event(&datum)
+            .unwrap_err()
+            .contains("items: truncated, a block of"));
     }
 
     #[test]

@@ -156,6 +156,19 @@ impl EventDecoder {
         self.format
     }
 
+    /// How records with writer schema `id` are read, once the id is cached: `"direct"` (the
+    /// writer used our schema), `"resolved"` (another schema, resolved to ours),
+    /// `"incompatible"` or `"unknown"`. For logs and tests.
+    pub fn schema_route(&self, id: u32) -> Option<&'static str> {
+        let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
+        Some(match writers.get(&id)? {
+            Writer::Ours => "direct",
+            Writer::Resolving(_) => "resolved",
+            Writer::Incompatible(_) => "incompatible",
+            Writer::Unknown { .. } => "unknown",
+        })
+    }
+
     /// Decodes and validates one record. `key` is the record key (the order id, UTF-8).
     ///
     /// Synchronous and local once a schema id is cached; the first record with a new schema
