@@ -67,8 +67,8 @@ impl RecordEncoder {
         runtime: &tokio::runtime::Handle,
         (full_name, schema): (&str, &str),
     ) -> Result<RecordEncoder, FormatError> {
-        let header = match format {
-            Format::Json => None,
+        match format {
+            Format::Json => Ok(RecordEncoder { header: None }),
             Format::Avro => {
                 let registry = registry.ok_or(FormatError::NoRegistry)?;
                 if tokio::runtime::Handle::try_current().is_ok() {
@@ -76,12 +76,19 @@ impl RecordEncoder {
                 }
                 let subject = format!("{topic}-value");
                 let id = runtime.block_on(registry.register_avro(&subject, full_name, schema))?;
-                let mut header = [MAGIC_BYTE; HEADER_LEN];
-                header[1..].copy_from_slice(&id.to_be_bytes());
-                Some(header)
+                Ok(RecordEncoder::avro_with_schema_id(id))
             }
-        };
-        Ok(RecordEncoder { header })
+        }
+    }
+
+    /// An Avro encoder whose schema is already registered under `schema_id` (by a deployment
+    /// step, or in a benchmark): no registry call.
+    pub fn avro_with_schema_id(schema_id: u32) -> RecordEncoder {
+        let mut header = [MAGIC_BYTE; HEADER_LEN];
+        header[1..].copy_from_slice(&schema_id.to_be_bytes());
+        RecordEncoder {
+            header: Some(header),
+        }
     }
 
     /// The schema id the values carry, for Avro.

@@ -156,6 +156,15 @@ impl EventDecoder {
         self.format
     }
 
+    /// Teaches the decoder writer schema `id` without asking the registry: a schema known
+    /// ahead (pre-warming), or a benchmark. A later record with this id uses it as if it had
+    /// been fetched.
+    pub fn add_writer_schema(&self, id: u32, schema: &str) {
+        let writer = self.plan(schema);
+        let mut writers = self.writers.write().unwrap_or_else(|e| e.into_inner());
+        writers.insert(id, writer);
+    }
+
     /// How records with writer schema `id` are read, once the id is cached: `"direct"` (the
     /// writer used our schema), `"resolved"` (another schema, resolved to ours),
     /// `"incompatible"` or `"unknown"`. For logs and tests.
@@ -349,7 +358,8 @@ mod tests {
     #[test]
     fn json_errors_have_their_class() {
         let (_runtime, decoder) = json_decoder();
-        let cases: [(Option<&[u8]>, Option<&[u8]>, &str); 7] = [
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+        let cases: [Case; 7] = [
             (Some(b"A"), None, "missing_value"),
             (Some(b"A"), Some(b"\x00\x00\x00\x00\x01garbage"), "undecodable"),
             (Some(b"A"), Some(br#"{"event_id":"e1""#), "undecodable"),
