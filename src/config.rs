@@ -12,6 +12,11 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ingest::{Format, RegistryConfig};
+
+/// The local stack's schema registry (Apicurio's Confluent-compatible API).
+const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
+
 /// The topic topology shipped with the service; the defaults of `[topics]`.
 pub const BUILTIN_TOPICS: &str = include_str!("../topology/topics.toml");
 
@@ -24,16 +29,6 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// How records of a topic are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Confluent wire format: magic byte, schema id from the schema registry, Avro binary.
-    Avro,
-    /// One JSON object per record, as in the contract.
-    Json,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -41,7 +36,9 @@ pub struct Config {
     pub application: ApplicationConfig,
     #[serde(default)]
     pub kafka: KafkaConfig,
-    #[serde(default)]
+    /// The schema registry, needed when a topic's format is Avro. Default: the local
+    /// stack's, `http://127.0.0.1:8081/apis/ccompat/v7`.
+    #[serde(default = "default_registry")]
     pub schema_registry: RegistryConfig,
     #[serde(default)]
     pub topics: TopicsConfig,
@@ -87,23 +84,6 @@ pub struct KafkaConfig {
     /// Properties for the producer only, over `properties`.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// A Confluent-compatible schema registry API. Needed when a topic's format is Avro.
-    /// Default `http://127.0.0.1:8081/apis/ccompat/v7` (the local stack's Apicurio).
-    #[serde(default = "default_registry_url")]
-    pub url: String,
-    /// Basic authentication, if the registry wants it.
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Timeout of one registry request. Default 10000.
-    #[serde(default = "default_registry_timeout_ms")]
-    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,11 +165,8 @@ fn default_instance_id() -> String {
 fn default_bootstrap_servers() -> String {
     "127.0.0.1:9092".into()
 }
-fn default_registry_url() -> String {
-    "http://127.0.0.1:8081/apis/ccompat/v7".into()
-}
-fn default_registry_timeout_ms() -> u64 {
-    10_000
+fn default_registry() -> RegistryConfig {
+    RegistryConfig::new(DEFAULT_REGISTRY_URL)
 }
 fn default_state_dir() -> PathBuf {
     "state".into()
@@ -218,17 +195,6 @@ impl Default for ApplicationConfig {
         ApplicationConfig {
             id: default_application_id(),
             instance_id: default_instance_id(),
-        }
-    }
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            url: default_registry_url(),
-            username: None,
-            password: None,
-            timeout_ms: default_registry_timeout_ms(),
         }
     }
 }
@@ -283,7 +249,7 @@ impl Default for Config {
                 bootstrap_servers: default_bootstrap_servers(),
                 ..KafkaConfig::default()
             },
-            schema_registry: RegistryConfig::default(),
+            schema_registry: default_registry(),
             topics: TopicsConfig::default(),
             rules: RulesConfig::default(),
             state: StateConfig::default(),

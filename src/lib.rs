@@ -10,6 +10,11 @@
 //! - `engine`: the pure heart, free of I/O and clocks. An order's event graph, the
 //!   declarative milestone rules (`topology/*.toml`), inference of placeholders, the order
 //!   view and the milestone change records.
+//! - `ingest`: a record's value (JSON, or Avro in the Confluent wire format with the
+//!   writer's schema from the registry) decoded and validated into an engine event, or a
+//!   classified error for the dead-letter topic.
+//! - `emit`: change records and order views encoded as record values (JSON, or Avro under
+//!   our schemas registered at startup).
 //! - `config`: layered configuration (defaults, file, `MILESTONES__` environment) and the
 //!   topic topology of `topology/topics.toml`.
 //! - `kafka`: librdkafka client configurations, one builder for every role.
@@ -18,8 +23,10 @@
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks.
 
 pub mod config;
+pub mod emit;
 pub mod engine;
 pub mod generate;
+pub mod ingest;
 pub mod kafka;
 pub mod simulate;
 pub mod topics;

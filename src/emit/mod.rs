@@ -1,0 +1,12 @@
+//! Engine output to record values: milestone change records and order views, as JSON or as
+//! Avro in the Confluent wire format under `avro/milestone_change.avsc` and
+//! `avro/order_view.avsc`. Keys are the order id as plain UTF-8 in both formats.
+//!
+//! - `encode`: [`RecordEncoder`], one per output topic, registering its schema at startup.
+//! - `avro`: the Avro binary of the two records, written by hand into the output buffer.
+
+mod avro;
+mod encode;
+
+pub use avro::{MILESTONE_CHANGE_SCHEMA, ORDER_VIEW_SCHEMA};
+pub use encode::RecordEncoder;

@@ -1,0 +1,15 @@
+//! Input records to engine events: a record's value (JSON, or Avro in the Confluent wire
+//! format) becomes a validated [`OrderEvent`](crate::engine::OrderEvent), or a
+//! [`DecodeError`] whose class goes to the metrics and the dead-letter header.
+//!
+//! - `decode`: [`EventDecoder`], the one entry point, and the [`Format`] shared with `emit`.
+//! - `avro`: the Confluent wire format and the event's Avro binary, read directly when the
+//!   writer used our schema, by schema resolution otherwise.
+//! - `registry`: the schema registry client that `decode` and `emit` share.
+
+pub mod avro;
+mod decode;
+mod registry;
+
+pub use decode::{DecodeError, EventDecoder, Format, FormatError};
+pub use registry::{RegistryClient, RegistryConfig, RegistryError};
