@@ -5,24 +5,29 @@
 //! varint length and UTF-8 bytes:
 //!
 //! ```text
-//! format:u8=1  order_id  sequence  duplicates  string_table
+//! format:u8=1  order_id  sequence  duplicates
 //! n_events  { event_id  type:ref  source:ref  occurred_at  lob:ref  marketplace:ref
-//!             customer:ref+1 (0 = none)  n_items {asin qty}  n_attrs {key value} }
+//!             has_customer:u8 [customer:ref]  n_items {asin qty}  n_attrs {key value} }
 //! n_milestones { name:ref  flags:u8 (1 = inferred, 2 = has reached_at)  [reached_at]
 //!                n_evidence {event index delta} }
 //! ```
 //!
-//! Event types, sources, lines of business, marketplaces, customer ids and milestone names
-//! repeat across an order's events, so each is written once in a per-order string table and
-//! referred to by index. The first byte is the format version: a reader refuses a format it
-//! does not know rather than misread it, and a later format can be added beside this one.
+//! Event types, sources, lines of business, marketplaces and customer ids repeat across an
+//! order's events, so each is written once: a `ref` is `0` followed by the string, which
+//! joins the order's string table, or `k` for the table's `k`-th string. The table is defined
+//! as the events are read, so the events section only ever grows at its end: a graph that
+//! was decoded keeps its events' bytes, and encoding it again copies them and writes only
+//! the events added since (milestone names refer to the table but never add to it).
+//!
+//! The first byte is the format version: a reader refuses a format it does not know rather
+//! than misread it, and a later format can be added beside this one.
 
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
 
 use super::event::{Item, OrderEvent};
-use super::graph::{MilestoneNode, OrderGraph};
+use super::graph::{EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph};
 
 /// The format this code writes.
 pub const FORMAT: u8 = 1;
@@ -42,62 +47,62 @@ pub enum CodecError {
 
 /// Appends the encoding of `graph` to `out`.
 pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
-    // One pass: the body is written while the string table fills, then the table goes first.
-    let mut table = StringTable::default();
-    let mut body = Vec::with_capacity(64 * graph.events.len() + 16 * graph.milestones.len() + 8);
-    let b = &mut body;
-    put_u64(b, graph.events.len() as u64);
-    for event in &graph.events {
-        put_str(b, &event.event_id);
-        put_u64(b, table.intern(&event.event_type));
-        put_u64(b, table.intern(&event.source));
-        put_i64(b, event.occurred_at);
-        put_u64(b, table.intern(&event.line_of_business));
-        put_u64(b, table.intern(&event.marketplace));
-        put_u64(
-            b,
-            event
-                .customer_id
-                .as_deref()
-                .map_or(0, |c| table.intern(c) + 1),
-        );
-        put_u64(b, event.items.len() as u64);
-        for item in &event.items {
-            put_str(b, &item.asin);
-            put_i64(b, i64::from(item.qty));
-        }
-        put_u64(b, event.attributes.len() as u64);
-        for (key, value) in &event.attributes {
-            put_str(b, key);
-            put_str(b, value);
-        }
-    }
-    put_u64(b, graph.milestones.len() as u64);
-    for node in &graph.milestones {
-        put_u64(b, table.intern(&node.name));
-        let flags = u8::from(node.inferred) | (u8::from(node.reached_at.is_some()) << 1);
-        b.push(flags);
-        if let Some(at) = node.reached_at {
-            put_i64(b, at);
-        }
-        put_u64(b, node.evidence.len() as u64);
-        let mut previous = 0;
-        for &index in &node.evidence {
-            put_u64(b, u64::from(index - previous));
-            previous = index;
-        }
-    }
-
-    out.reserve(body.len() + 16 * table.strings.len() + 32);
+    out.reserve(64 * graph.events.len() + 16 * graph.milestones.len() + 32);
     out.push(FORMAT);
     put_str(out, &graph.order_id);
     put_u64(out, graph.sequence);
     put_u64(out, graph.duplicates);
-    put_u64(out, table.strings.len() as u64);
-    for s in &table.strings {
-        put_str(out, s);
+    put_u64(out, graph.events.len() as u64);
+    let mut table = StringTable::default();
+    let mut done = 0;
+    if let Some(kept) = graph.encoded_events.get() {
+        debug_assert!(kept.count <= graph.events.len(), "events are append-only");
+        out.extend_from_slice(&kept.bytes);
+        table
+            .strings
+            .extend(kept.table.iter().map(CompactString::as_str));
+        done = kept.count;
     }
-    out.extend_from_slice(&body);
+    for event in &graph.events[done..] {
+        put_str(out, &event.event_id);
+        table.put(out, &event.event_type);
+        table.put(out, &event.source);
+        put_i64(out, event.occurred_at);
+        table.put(out, &event.line_of_business);
+        table.put(out, &event.marketplace);
+        match &event.customer_id {
+            None => out.push(0),
+            Some(customer) => {
+                out.push(1);
+                table.put(out, customer);
+            }
+        }
+        put_u64(out, event.items.len() as u64);
+        for item in &event.items {
+            put_str(out, &item.asin);
+            put_i64(out, i64::from(item.qty));
+        }
+        put_u64(out, event.attributes.len() as u64);
+        for (key, value) in &event.attributes {
+            put_str(out, key);
+            put_str(out, value);
+        }
+    }
+    put_u64(out, graph.milestones.len() as u64);
+    for node in &graph.milestones {
+        table.put_without_adding(out, &node.name);
+        let flags = u8::from(node.inferred) | (u8::from(node.reached_at.is_some()) << 1);
+        out.push(flags);
+        if let Some(at) = node.reached_at {
+            put_i64(out, at);
+        }
+        put_u64(out, node.evidence.len() as u64);
+        let mut previous = 0;
+        for &index in &node.evidence {
+            put_u64(out, u64::from(index - previous));
+            previous = index;
+        }
+    }
 }
 
 /// The encoding of `graph` as a new buffer.
@@ -118,24 +123,21 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
     let order_id = r.string()?;
     let sequence = r.u64()?;
     let duplicates = r.u64()?;
-    let n_strings = r.len()?;
-    let mut table = Vec::with_capacity(n_strings);
-    for _ in 0..n_strings {
-        table.push(r.string()?);
-    }
-
     let n_events = r.len()?;
+    let events_start = r.at;
+    let mut table: Vec<CompactString> = Vec::with_capacity(8);
     let mut events = Vec::with_capacity(n_events);
     for _ in 0..n_events {
         let event_id = r.string()?;
-        let event_type = r.table_ref(&table)?;
-        let source = r.table_ref(&table)?;
+        let event_type = r.table_ref(&mut table)?;
+        let source = r.table_ref(&mut table)?;
         let occurred_at = r.i64()?;
-        let line_of_business = r.table_ref(&table)?;
-        let marketplace = r.table_ref(&table)?;
-        let customer_id = match r.u64()? {
+        let line_of_business = r.table_ref(&mut table)?;
+        let marketplace = r.table_ref(&mut table)?;
+        let customer_id = match r.u8()? {
             0 => None,
-            index => Some(r.table_entry(&table, index - 1)?),
+            1 => Some(r.table_ref(&mut table)?),
+            _ => return Err(r.malformed("customer flag is neither 0 nor 1")),
         };
         let n_items = r.len()?;
         let mut items = Vec::with_capacity(n_items);
@@ -164,10 +166,16 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         });
     }
 
+    let encoded_events = EncodedEvents {
+        bytes: bytes[events_start..r.at].to_vec(),
+        count: events.len(),
+        table,
+    };
+
     let n_milestones = r.len()?;
     let mut milestones = Vec::with_capacity(n_milestones);
     for _ in 0..n_milestones {
-        let name = r.table_ref(&table)?;
+        let name = r.name_ref(&encoded_events.table)?;
         let flags = r.u8()?;
         let reached_at = if flags & 2 != 0 { Some(r.i64()?) } else { None };
         let n_evidence = r.len()?;
@@ -196,23 +204,37 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         milestones,
         sequence,
         duplicates,
+        encoded_events: KeptEncoding::new(encoded_events),
     })
 }
 
-/// Distinct strings in first-seen order; a handful per order, so a linear search beats a map.
+/// The string table as encoding goes: distinct strings in first-seen order; a handful per
+/// order, so a linear search beats a map.
 #[derive(Default)]
 struct StringTable<'a> {
     strings: Vec<&'a str>,
 }
 
 impl<'a> StringTable<'a> {
-    /// The index of `s`, added if new.
-    fn intern(&mut self, s: &'a str) -> u64 {
+    /// Writes a reference to `s`, defining it first if it is new.
+    fn put(&mut self, out: &mut Vec<u8>, s: &'a str) {
         match self.strings.iter().position(|t| *t == s) {
-            Some(index) => index as u64,
+            Some(index) => put_u64(out, index as u64 + 1),
             None => {
+                out.push(0);
+                put_str(out, s);
                 self.strings.push(s);
-                (self.strings.len() - 1) as u64
+            }
+        }
+    }
+
+    /// Writes a reference to `s`, or `s` itself without adding it to the table.
+    fn put_without_adding(&self, out: &mut Vec<u8>, s: &str) {
+        match self.strings.iter().position(|t| *t == s) {
+            Some(index) => put_u64(out, index as u64 + 1),
+            None => {
+                out.push(0);
+                put_str(out, s);
             }
         }
     }
@@ -289,10 +311,24 @@ impl Reader<'_> {
         Err(self.malformed("varint longer than 10 bytes"))
     }
 
-    /// A reference into the string table.
-    fn table_ref(&mut self, table: &[CompactString]) -> Result<CompactString, CodecError> {
-        let index = self.u64()?;
-        self.table_entry(table, index)
+    /// A string reference: `0` and a new string, which joins the table, or a table index.
+    fn table_ref(&mut self, table: &mut Vec<CompactString>) -> Result<CompactString, CodecError> {
+        match self.u64()? {
+            0 => {
+                let s = self.string()?;
+                table.push(s.clone());
+                Ok(s)
+            }
+            k => self.table_entry(table, k - 1),
+        }
+    }
+
+    /// A milestone name: like [`Reader::table_ref`], but a new string does not join the table.
+    fn name_ref(&mut self, table: &[CompactString]) -> Result<CompactString, CodecError> {
+        match self.u64()? {
+            0 => self.string(),
+            k => self.table_entry(table, k - 1),
+        }
     }
 
     fn table_entry(
@@ -327,7 +363,14 @@ impl Reader<'_> {
     fn string(&mut self) -> Result<CompactString, CodecError> {
         let n = self.len()?;
         let raw = &self.bytes[self.at..self.at + n];
-        let s = std::str::from_utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
+        // Ids, types and ASINs are ASCII: checking that is much cheaper than a full UTF-8
+        // validation of many short strings, and ASCII is valid UTF-8.
+        let s = if raw.is_ascii() {
+            // SAFETY: every byte is ASCII, so `raw` is valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(raw) }
+        } else {
+            std::str::from_utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?
+        };
         self.at += n;
         Ok(CompactString::new(s))
     }
@@ -336,6 +379,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::graph::KeptEncoding;
     use crate::engine::{Engine, Rules};
     use std::sync::Arc;
 
@@ -388,6 +432,24 @@ mod tests {
         let bytes = to_bytes(&graph);
         assert_eq!(bytes[0], FORMAT);
         assert_eq!(decode(&bytes), Ok(graph));
+    }
+
+    /// Encoding a decoded graph copies its events' bytes and appends the new ones: the
+    /// result must be byte for byte what encoding from scratch gives.
+    #[test]
+    fn appending_to_a_decoded_graph_writes_what_a_fresh_encoding_writes() {
+        let engine = Engine::new(Arc::new(Rules::builtin().unwrap()));
+        let mut graph = decode(&to_bytes(&sample())).unwrap();
+        assert_eq!(graph.encoded_events.get().map(|e| e.count), Some(4));
+        let mut late = event("late", "OrderPacked", 99, &[("B9", 1)]);
+        late.customer_id = Some("C-2".into());
+        late.source = "new-source".into();
+        engine.apply(&mut graph, late);
+        let appended = to_bytes(&graph);
+        let mut fresh = graph.clone();
+        fresh.encoded_events = KeptEncoding::default();
+        assert_eq!(appended, to_bytes(&fresh));
+        assert_eq!(decode(&appended).unwrap(), graph);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `OrderCreated`, so adding events only ever adds evidence.
 
 use super::event::OrderEvent;
-use super::rules::{EvidenceRule, MilestoneId, MilestoneSet, Rules};
+use super::rules::{EvidenceRule, MilestoneId, MilestoneSet, Rules, TypeId};
 use super::view::item_facts;
 
 /// What the rules say about one order's events.
@@ -51,10 +51,14 @@ pub(crate) fn evaluate(rules: &Rules, events: &[OrderEvent]) -> Evaluation {
     let mut evidence: Vec<Vec<u32>> = vec![Vec::new(); milestones.len()];
     let mut evidenced = MilestoneSet::default();
     let mut resolved: Option<bool> = None; // computed at most once, only if a rule asks
+    let types: Vec<Option<TypeId>> = events
+        .iter()
+        .map(|e| rules.type_id(&e.event_type))
+        .collect();
     for (id, milestone) in milestones.iter().enumerate() {
         for rule in &milestone.evidence {
             let start = evidence[id].len();
-            evidence[id].extend(matching(rule, events));
+            evidence[id].extend(matching(rule, events, &types));
             let enough = evidence[id].len() - start >= rule.at_least;
             let holds = enough
                 && (!rule.all_items_resolved
@@ -88,20 +92,27 @@ pub(crate) fn evaluate(rules: &Rules, events: &[OrderEvent]) -> Evaluation {
     }
 }
 
-/// Indices of the events that can evidence under the rule, each on its own.
+/// Indices of the events that can evidence under the rule, each on its own; `types` holds
+/// the events' type numbers.
 fn matching<'a>(
     rule: &'a EvidenceRule,
     events: &'a [OrderEvent],
+    types: &'a [Option<TypeId>],
 ) -> impl Iterator<Item = u32> + 'a {
-    events.iter().enumerate().filter_map(move |(i, event)| {
-        let after_ok = match &rule.after {
-            None => true,
-            Some(before_type) => events
-                .iter()
-                .any(|b| b.event_type == *before_type && b.occurred_at < event.occurred_at),
-        };
-        (after_ok && rule.matches(event)).then_some(i as u32)
-    })
+    events
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter_map(move |(i, (event, &type_id))| {
+            let after_ok = match rule.after_id() {
+                None => true,
+                Some(before) => events
+                    .iter()
+                    .zip(types)
+                    .any(|(b, &t)| t == Some(before) && b.occurred_at < event.occurred_at),
+            };
+            (after_ok && rule.matches(type_id, event)).then_some(i as u32)
+        })
 }
 
 /// Every ordered item is picked, shorted or substituted in full. False for a placeholder:

@@ -25,7 +25,41 @@ pub struct OrderGraph {
     pub(crate) sequence: u64,
     /// Deliveries of an event id already in `events`.
     pub(crate) duplicates: u64,
+    /// The encoding of the events this graph was decoded with, so that encoding it again
+    /// writes only the events added since. Events are append-only, so it stays a valid
+    /// prefix.
+    pub(crate) encoded_events: KeptEncoding,
 }
+
+/// The stored bytes of a graph's first `count` events, and the string table they define.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedEvents {
+    pub bytes: Vec<u8>,
+    pub count: usize,
+    pub table: Vec<CompactString>,
+}
+
+/// A cache, not part of the graph's value: two graphs are equal whatever they keep here.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeptEncoding(Option<EncodedEvents>);
+
+impl KeptEncoding {
+    pub fn new(encoded: EncodedEvents) -> KeptEncoding {
+        KeptEncoding(Some(encoded))
+    }
+
+    pub fn get(&self) -> Option<&EncodedEvents> {
+        self.0.as_ref()
+    }
+}
+
+impl PartialEq for KeptEncoding {
+    fn eq(&self, _: &KeptEncoding) -> bool {
+        true
+    }
+}
+
+impl Eq for KeptEncoding {}
 
 /// A reached milestone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +83,7 @@ impl OrderGraph {
             milestones: Vec::new(),
             sequence: 0,
             duplicates: 0,
+            encoded_events: KeptEncoding::default(),
         }
     }
 

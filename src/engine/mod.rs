@@ -120,7 +120,12 @@ impl Engine {
 
     /// The reached milestone of highest rank.
     pub fn status<'g>(&self, graph: &'g OrderGraph) -> Option<&'g CompactString> {
-        self.known_nodes(graph).last().map(|(_, node)| &node.name)
+        graph
+            .milestones
+            .iter()
+            .filter_map(|node| self.rules.milestone_id(&node.name).map(|id| (id, node)))
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, node)| &node.name)
     }
 
     /// The graph's milestone nodes that the rules know, in rank order.
@@ -222,5 +227,138 @@ impl Engine {
         }
         graph.sequence += records.len() as u64;
         records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model using every condition a rule can state.
+    const CONDITIONS: &str = r#"
+version = "conditions-1"
+[order]
+any_event_implies = "ordered"
+[items]
+ordered = "OrderCreated"
+picked = ["ItemPicked"]
+shorted = ["ItemShorted"]
+[[milestone]]
+name = "ordered"
+rank = 10
+evidence = [{ event_types = ["OrderCreated"] }]
+[[milestone]]
+name = "all_picked"
+rank = 20
+implies = ["ordered"]
+evidence = [{ event_types = ["ItemPicked", "ItemShorted"], all_items_resolved = true }]
+[[milestone]]
+name = "double_checked"
+rank = 30
+implies = ["ordered"]
+evidence = [{ event_types = ["QualityCheck"], at_least = 2 }]
+[[milestone]]
+name = "driver_after_packing"
+rank = 40
+implies = ["ordered"]
+evidence = [{ event_types = ["DriverAssigned"], after = "OrderPacked" }]
+[[milestone]]
+name = "uk_express"
+rank = 50
+implies = ["ordered"]
+evidence = [{ event_types = ["Express"], where = { marketplace = "UK", "attributes.speed" = "fast" } }]
+"#;
+
+    fn event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -> OrderEvent {
+        OrderEvent {
+            event_id: id.into(),
+            order_id: "A".into(),
+            event_type: kind.into(),
+            source: "test".into(),
+            occurred_at: at,
+            line_of_business: "grocery".into(),
+            marketplace: "US".into(),
+            customer_id: None,
+            items: items
+                .iter()
+                .map(|(asin, qty)| Item {
+                    asin: (*asin).into(),
+                    qty: *qty,
+                })
+                .collect(),
+            attributes: Default::default(),
+        }
+    }
+
+    fn reached(engine: &Engine, events: Vec<OrderEvent>) -> Vec<(String, bool)> {
+        let mut graph = OrderGraph::new("A");
+        for e in events {
+            engine.apply(&mut graph, e);
+        }
+        let view = engine.view(&graph);
+        view.milestones
+            .iter()
+            .map(|m| (m.name.to_string(), m.inferred))
+            .collect()
+    }
+
+    fn has(reached: &[(String, bool)], name: &str) -> bool {
+        reached.iter().any(|(n, inferred)| n == name && !inferred)
+    }
+
+    #[test]
+    fn every_condition_a_rule_can_state_holds_only_when_it_should() {
+        let engine = Engine::new(Arc::new(Rules::parse(CONDITIONS, "c.toml").unwrap()));
+        let created = || event("c", "OrderCreated", 1, &[("B1", 2), ("B2", 1)]);
+
+        // Every ordered item resolved: B1 needs 2, picked 1 + shorted 1; B2 picked.
+        let partly = reached(
+            &engine,
+            vec![created(), event("p1", "ItemPicked", 2, &[("B1", 1)])],
+        );
+        assert!(!has(&partly, "all_picked"), "{partly:?}");
+        let all = reached(
+            &engine,
+            vec![
+                created(),
+                event("p1", "ItemPicked", 2, &[("B1", 1), ("B2", 1)]),
+                event("s1", "ItemShorted", 3, &[("B1", 1)]),
+            ],
+        );
+        assert!(has(&all, "all_picked"), "{all:?}");
+        // Nothing is resolved before we know what was ordered.
+        let no_order = reached(&engine, vec![event("p1", "ItemPicked", 2, &[("B1", 5)])]);
+        assert!(!has(&no_order, "all_picked"), "{no_order:?}");
+
+        // At least two distinct checks; a redelivery is not a second one.
+        let check = || event("q1", "QualityCheck", 5, &[]);
+        assert!(!has(
+            &reached(&engine, vec![check(), check()]),
+            "double_checked"
+        ));
+        assert!(has(
+            &reached(&engine, vec![check(), event("q2", "QualityCheck", 6, &[])]),
+            "double_checked"
+        ));
+
+        // A driver assigned after packing, whatever the arrival order.
+        let packed = || event("pk", "OrderPacked", 10, &[]);
+        let early = event("d1", "DriverAssigned", 9, &[]);
+        let late = || event("d2", "DriverAssigned", 11, &[]);
+        assert!(!has(
+            &reached(&engine, vec![packed(), early]),
+            "driver_after_packing"
+        ));
+        assert!(has(
+            &reached(&engine, vec![late(), packed()]),
+            "driver_after_packing"
+        ));
+
+        // Field and attribute values.
+        let mut express = event("x", "Express", 1, &[]);
+        express.marketplace = "UK".into();
+        assert!(!has(&reached(&engine, vec![express.clone()]), "uk_express"));
+        express.attributes.insert("speed".into(), "fast".into());
+        assert!(has(&reached(&engine, vec![express]), "uk_express"));
     }
 }

@@ -64,8 +64,16 @@ impl MilestoneSet {
     pub fn highest(self) -> Option<MilestoneId> {
         (self.0 != 0).then(|| 63 - self.0.leading_zeros() as usize)
     }
+    /// The ids in the set, ascending (by rank).
     pub fn iter(self) -> impl Iterator<Item = MilestoneId> {
-        (0..MAX_MILESTONES).filter(move |&id| self.contains(id))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let id = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                id
+            })
+        })
     }
 }
 
@@ -75,9 +83,15 @@ pub struct Rules {
     version: String,
     milestones: Vec<Milestone>,
     by_name: HashMap<CompactString, MilestoneId>,
+    /// Every event type an evidence rule names, numbered, so that matching an event
+    /// against the rules compares integers, not strings.
+    type_ids: HashMap<CompactString, TypeId>,
     any_event_implies: Option<MilestoneId>,
     items: ItemRules,
 }
+
+/// The number of an event type that evidence rules name; see [`Rules::type_id`].
+pub type TypeId = u32;
 
 /// One milestone of the model.
 #[derive(Debug)]
@@ -95,6 +109,8 @@ pub struct Milestone {
 pub struct EvidenceRule {
     /// The event types that can evidence the milestone.
     pub event_types: Vec<CompactString>,
+    /// The same, as [`TypeId`]s.
+    type_ids: Vec<TypeId>,
     /// Each matching event must have these field values.
     pub conditions: Vec<(Field, CompactString)>,
     /// At least this many distinct matching events (default 1).
@@ -103,6 +119,7 @@ pub struct EvidenceRule {
     pub all_items_resolved: bool,
     /// A matching event must have occurred after some event of this type.
     pub after: Option<CompactString>,
+    after_id: Option<TypeId>,
 }
 
 /// A field of an event that a rule can compare with a value.
@@ -174,6 +191,11 @@ impl Rules {
     /// The milestones, in rank order.
     pub fn milestones(&self) -> &[Milestone] {
         &self.milestones
+    }
+
+    /// The number of an event type some evidence rule names; `None` for any other type.
+    pub fn type_id(&self, event_type: &str) -> Option<TypeId> {
+        self.type_ids.get(event_type).copied()
     }
 
     pub fn milestone_id(&self, name: &str) -> Option<MilestoneId> {
@@ -301,14 +323,20 @@ impl Field {
 }
 
 impl EvidenceRule {
-    /// Whether this one event can count as evidence under this rule, on its own (the
-    /// order-wide conditions are checked by the engine).
-    pub fn matches(&self, event: &OrderEvent) -> bool {
-        self.event_types.contains(&event.event_type)
+    /// Whether this one event, of type number `type_id` ([`Rules::type_id`]), can count
+    /// as evidence under this rule on its own (the order-wide conditions are checked by the
+    /// engine).
+    pub fn matches(&self, type_id: Option<TypeId>, event: &OrderEvent) -> bool {
+        type_id.is_some_and(|id| self.type_ids.contains(&id))
             && self
                 .conditions
                 .iter()
                 .all(|(field, value)| field.value(event) == Some(value.as_str()))
+    }
+
+    /// The type number of [`EvidenceRule::after`].
+    pub fn after_id(&self) -> Option<TypeId> {
+        self.after_id
     }
 }
 
@@ -523,6 +551,17 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         });
     }
 
+    // Number every event type the rules name, then give each rule its numbers.
+    let mut type_ids: HashMap<CompactString, TypeId> = HashMap::new();
+    for rule in milestones.iter_mut().flat_map(|m| m.evidence.iter_mut()) {
+        let mut number = |t: &CompactString| {
+            let next = type_ids.len() as TypeId;
+            *type_ids.entry(t.clone()).or_insert(next)
+        };
+        rule.type_ids = rule.event_types.iter().map(&mut number).collect();
+        rule.after_id = rule.after.as_ref().map(&mut number);
+    }
+
     let any_event_implies = raw
         .order
         .any_event_implies
@@ -540,6 +579,7 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         version: raw.version.into_inner(),
         milestones,
         by_name,
+        type_ids,
         any_event_implies,
         items,
     })
@@ -580,10 +620,12 @@ fn compile_evidence(raw: &Spanned<RawEvidence>) -> Result<EvidenceRule, Refusal>
     };
     Ok(EvidenceRule {
         event_types: event_types(raw.event_types.get_ref())?,
+        type_ids: Vec::new(), // numbered once every rule is compiled
         conditions,
         at_least,
         all_items_resolved: raw.all_items_resolved,
         after: raw.after.as_ref().map(event_type).transpose()?,
+        after_id: None,
     })
 }
 
