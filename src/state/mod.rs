@@ -32,7 +32,7 @@ use serde::Deserialize;
 pub use changelog::{restore, restore_with, RestoreError, RestoreOutcome, RestoreProgress};
 pub use dir::{Opened, StateDir};
 pub use memory::MemoryStore;
-pub use rocks::RocksStore;
+pub use rocks::{RocksOptions, RocksStore};
 
 /// One input partition's order graphs (values are `engine::codec` bytes, keys are order ids),
 /// plus the changelog position they reflect.
