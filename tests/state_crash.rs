@@ -34,7 +34,7 @@ fn batch(i: u64) -> StoreBatch {
         format!("o-{}", i % 40),
         [&i.to_be_bytes()[..], &value].concat(),
     );
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         batch.delete(format!("o-{}", (i * 3) % 40));
     }
     batch.checkpoint = Some(i as i64 + 1);
