@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ingest::{Format, RegistryConfig};
+pub use crate::state::StateConfig;
 
 /// The local stack's schema registry (Apicurio's Confluent-compatible API).
 const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
@@ -44,6 +45,7 @@ pub struct Config {
     pub topics: TopicsConfig,
     #[serde(default)]
     pub rules: RulesConfig,
+    /// Where and how the RocksDB stores live, and how long finished orders stay.
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default)]
@@ -113,22 +115,6 @@ pub struct RulesConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StateConfig {
-    /// Where the RocksDB stores live, one per assigned partition, under
-    /// `<dir>/<application.id>/`. Default `state`.
-    #[serde(default = "default_state_dir")]
-    pub dir: PathBuf,
-    /// A finished order (delivered or cancelled) leaves state, with a tombstone in the
-    /// changelog, this long after its last event occurred. Default 7 days.
-    #[serde(default = "default_finished_retention_ms")]
-    pub finished_retention_ms: u64,
-    /// RocksDB block cache shared by the stores, MiB. Default 64.
-    #[serde(default = "default_block_cache_mib")]
-    pub block_cache_mib: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     /// How often the open transaction commits: the bound on output latency. Default 100.
     #[serde(default = "default_commit_interval_ms")]
@@ -168,15 +154,6 @@ fn default_bootstrap_servers() -> String {
 fn default_registry() -> RegistryConfig {
     RegistryConfig::new(DEFAULT_REGISTRY_URL)
 }
-fn default_state_dir() -> PathBuf {
-    "state".into()
-}
-fn default_finished_retention_ms() -> u64 {
-    7 * 24 * 3600 * 1000
-}
-fn default_block_cache_mib() -> u64 {
-    64
-}
 fn default_commit_interval_ms() -> u64 {
     100
 }
@@ -210,16 +187,6 @@ impl Default for TopicsConfig {
         toml::from_str::<File>(BUILTIN_TOPICS)
             .map(|f| f.topics)
             .unwrap_or_else(|e| panic!("built-in topology/topics.toml is broken: {e}"))
-    }
-}
-
-impl Default for StateConfig {
-    fn default() -> Self {
-        StateConfig {
-            dir: default_state_dir(),
-            finished_retention_ms: default_finished_retention_ms(),
-            block_cache_mib: default_block_cache_mib(),
-        }
     }
 }
 

@@ -18,6 +18,9 @@
 //! - `config`: layered configuration (defaults, file, `MILESTONES__` environment) and the
 //!   topic topology of `topology/topics.toml`.
 //! - `kafka`: librdkafka client configurations, one builder for every role.
+//! - `state`: each input partition's order graphs in a RocksDB store of its own (behind the
+//!   small `PartitionStore` trait), checkpointed against the changelog topic and restored
+//!   from it when a store is new, damaged or behind.
 //! - `topics`: the topic topology: plan, create (`topics apply`), check, describe.
 //! - `simulate`: the engine over a file of JSON events, without Kafka.
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks.
@@ -29,4 +32,5 @@ pub mod generate;
 pub mod ingest;
 pub mod kafka;
 pub mod simulate;
+pub mod state;
 pub mod topics;

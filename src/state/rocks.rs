@@ -1,0 +1,342 @@
+//! [`RocksStore`]: one partition's order graphs in a RocksDB of its own.
+//!
+//! # Layout
+//!
+//! One column family holds everything, under a one-byte prefix:
+//!
+//! ```text
+//! 0x00 "checkpoint"  -> next changelog offset, i64 big-endian
+//! 0x00 "format"      -> layout version (1)
+//! 0x01 <order id>    -> engine::codec bytes
+//! ```
+//!
+//! The prefix keeps an order id from ever colliding with the checkpoint, whatever its bytes.
+//!
+//! # Why the WAL is off, and why that is safe
+//!
+//! The changelog topic is the source of truth and the checkpoint says how much of it the
+//! store reflects, so the store only has to be *consistent* after a crash, not up to date:
+//! the rest is restored from the changelog. Without the WAL, writes live in the memtable
+//! until RocksDB flushes it, and a crash loses the unflushed tail. What a flush persists is a
+//! prefix of the writes in sequence order, and one `WriteBatch` never straddles two
+//! memtables; so with data and checkpoint in ONE column family and each [`StoreBatch`] in ONE
+//! `WriteBatch`, whatever RocksDB recovers is the state after some whole batch, with the
+//! checkpoint of that batch. (Two column families would need `atomic_flush` to say the same.)
+//! Skipping the WAL halves the bytes written per update. [`RocksStore::close`] flushes, so a
+//! clean shutdown leaves nothing to restore.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use super::dir::DirLock;
+use super::{PartitionStore, StateConfig, StoreBatch, StoreError};
+
+const META: u8 = 0x00;
+const DATA: u8 = 0x01;
+const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
+const FORMAT_KEY: &[u8] = b"\x00format";
+/// The layout above. A store of another layout is refused as damaged, so it gets rebuilt.
+const FORMAT: u8 = 1;
+const _: () = assert!(CHECKPOINT_KEY[0] == META && FORMAT_KEY[0] == META && META != DATA);
+
+/// RocksDB settings shared by every partition store of one instance. Cheap to clone: the
+/// block cache is shared, so memory does not grow with the number of partitions.
+#[derive(Clone)]
+pub struct RocksOptions {
+    cache: Cache,
+    write_buffer_bytes: usize,
+}
+
+impl RocksOptions {
+    /// Creates the shared block cache of `config.block_cache_bytes`.
+    pub fn new(config: &StateConfig) -> RocksOptions {
+        RocksOptions {
+            cache: Cache::new_lru_cache(config.block_cache_bytes),
+            write_buffer_bytes: config.write_buffer_bytes,
+        }
+    }
+
+    fn db_options(&self) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        // Index and filter blocks count against the shared cache too, so the cache size is
+        // the bound on read memory however many partitions and files there are.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Point lookups by order id are the hot path; a bloom filter spares most misses a read.
+        table.set_bloom_filter(10.0, false);
+
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_block_based_table_factory(&table);
+        // lz4 is the only codec compiled in (Cargo.toml); cheap and good on codec bytes.
+        options.set_compression_type(DBCompressionType::Lz4);
+        options.set_write_buffer_size(self.write_buffer_bytes);
+        options.set_max_write_buffer_number(2);
+        // RocksDB's own info log: keep it from piling up in every partition directory.
+        options.set_keep_log_file_num(2);
+        options.set_max_log_file_size(1 << 20);
+        options
+    }
+}
+
+/// One partition's store: a RocksDB in its own directory. See the module docs for the
+/// layout and why writes skip the WAL. Call [`close`](RocksStore::close) to flush; a drop
+/// without it still flushes, but cannot report an error.
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    write_options: WriteOptions,
+    /// Keeps the state directory locked while this store is open, even if the `StateDir`
+    /// that opened it is dropped first. Declared after `db` so it is released after it.
+    _dir_lock: Option<Arc<DirLock>>,
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// Errors: [`StoreError::Rocks`] when RocksDB cannot open it (corruption among them:
+    /// [`StoreError::is_corruption`]); [`StoreError::Damaged`] when it opens but was not
+    /// written by this layout.
+    pub fn open(path: &Path, options: &RocksOptions) -> Result<RocksStore, StoreError> {
+        RocksStore::open_locked(path, options, None)
+    }
+
+    pub(super) fn open_locked(
+        path: &Path,
+        options: &RocksOptions,
+        dir_lock: Option<Arc<DirLock>>,
+    ) -> Result<RocksStore, StoreError> {
+        let db = DB::open(&options.db_options(), path).map_err(|source| StoreError::Rocks {
+            op: "open",
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        let store = RocksStore {
+            db,
+            path: path.to_owned(),
+            write_options,
+            _dir_lock: dir_lock,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Refuses a store of another layout; stamps a new one with ours.
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.db.get(FORMAT_KEY).map_err(|e| self.rocks("read", e))? {
+            Some(format) if format == [FORMAT] => Ok(()),
+            Some(format) => Err(self.damaged(format!(
+                "layout format {format:?}, this build reads [{FORMAT}]"
+            ))),
+            None => {
+                if self.checkpoint()?.is_some() || !self.is_empty()? {
+                    return Err(self.damaged("data without a layout format".to_owned()));
+                }
+                let mut batch = WriteBatch::default();
+                batch.put(FORMAT_KEY, [FORMAT]);
+                self.db
+                    .write_opt(batch, &self.write_options)
+                    .map_err(|e| self.rocks("write", e))
+            }
+        }
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        let mut empty = true;
+        self.scan(&mut |_, _| {
+            empty = false;
+            false
+        })?;
+        Ok(empty)
+    }
+
+    /// The directory of this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Persists the memtable, so that a crash after it loses nothing written so far.
+    ///
+    /// Errors: [`StoreError::Rocks`] when the flush fails.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.rocks("flush", e))
+    }
+
+    /// Flushes and closes the store, so that the next open needs no restore.
+    ///
+    /// Errors: [`StoreError::Rocks`] when the flush fails; the store is closed anyway, and
+    /// its checkpoint still matches its data (the next restore redoes the lost tail).
+    pub fn close(self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
+    fn rocks(&self, op: &'static str, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn damaged(&self, what: String) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            what,
+        }
+    }
+}
+
+fn data_key(buf: &mut Vec<u8>, key: &[u8]) {
+    buf.clear();
+    buf.push(DATA);
+    buf.extend_from_slice(key);
+}
+
+impl PartitionStore for RocksStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        data_key(&mut k, key);
+        let value = self.db.get_pinned(&k).map_err(|e| self.rocks("get", e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        let mut k = Vec::new();
+        for (key, value) in &batch.puts {
+            data_key(&mut k, key);
+            match value {
+                Some(value) => write.put(&k, value),
+                None => write.delete(&k),
+            }
+        }
+        if let Some(checkpoint) = batch.checkpoint {
+            write.put(CHECKPOINT_KEY, checkpoint.to_be_bytes());
+        }
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| self.rocks("write", e))
+    }
+
+    fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get_pinned(CHECKPOINT_KEY)
+            .map_err(|e| self.rocks("get", e))?
+        else {
+            return Ok(None);
+        };
+        match <[u8; 8]>::try_from(&*bytes).map(i64::from_be_bytes) {
+            Ok(offset) if offset >= 0 => Ok(Some(offset)),
+            _ => Err(self.damaged(format!("checkpoint value {:?}", &*bytes))),
+        }
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound([DATA]);
+        read.set_iterate_upper_bound([DATA + 1]);
+        let mut iter = self.db.raw_iterator_opt(read);
+        iter.seek([DATA]);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !visit(&key[1..], value) {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| self.rocks("scan", e))
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        write.delete_range([DATA], [DATA + 1]);
+        write.delete(CHECKPOINT_KEY);
+        self.db
+            .write_opt(write, &self.write_options)
+            .map_err(|e| self.rocks("write", e))
+    }
+
+    fn approximate_bytes(&self) -> u64 {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> RocksOptions {
+        RocksOptions::new(&StateConfig {
+            block_cache_bytes: 1 << 20,
+            ..StateConfig::default()
+        })
+    }
+
+    #[test]
+    fn an_order_id_that_looks_like_the_checkpoint_key_does_not_touch_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path(), &options()).unwrap();
+        let mut batch = StoreBatch::new();
+        batch
+            .put(CHECKPOINT_KEY, "not a checkpoint")
+            .put(b"checkpoint".to_vec(), "x");
+        batch.checkpoint = Some(7);
+        store.write(batch).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(7));
+        let mut batch = StoreBatch::new();
+        batch.delete(CHECKPOINT_KEY).delete(FORMAT_KEY);
+        store.write(batch).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(7));
+        store.close().unwrap();
+        let store = RocksStore::open(dir.path(), &options()).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_store_of_another_layout_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = DB::open_default(dir.path()).unwrap();
+            db.put(FORMAT_KEY, [FORMAT + 1]).unwrap();
+        }
+        let error = RocksStore::open(dir.path(), &options()).err().unwrap();
+        assert!(error.is_corruption(), "{error}");
+    }
+
+    #[test]
+    fn a_bad_checkpoint_value_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &options()).unwrap();
+        store.db.put(CHECKPOINT_KEY, b"abc").unwrap();
+        let error = store.checkpoint().unwrap_err();
+        assert!(error.is_corruption(), "{error}");
+    }
+
+    #[test]
+    fn close_flushes_so_the_size_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path(), &options()).unwrap();
+        let mut batch = StoreBatch::new();
+        for i in 0..100u32 {
+            batch.put(i.to_be_bytes(), vec![b'v'; 1000]);
+        }
+        store.write(batch).unwrap();
+        assert!(store.approximate_bytes() > 0);
+        store.close().unwrap();
+        let store = RocksStore::open(dir.path(), &options()).unwrap();
+        let sst = store
+            .db
+            .property_int_value("rocksdb.total-sst-files-size")
+            .unwrap()
+            .unwrap();
+        assert!(sst > 0, "nothing flushed to an SST file");
+    }
+}
