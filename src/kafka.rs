@@ -48,7 +48,11 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
         for (key, value) in &config.kafka.producer {
             client.set(key, value);
         }
-        client.set("enable.idempotence", "true");
+        // Java clients' partitioner, so that our keyed outputs land where a Java producer
+        // (and Kafka Streams) would put the same keys.
+        client
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random");
     };
     match role {
         Role::Admin => {}

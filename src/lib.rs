@@ -15,6 +15,9 @@
 //!   classified error for the dead-letter topic.
 //! - `emit`: change records and order views encoded as record values (JSON, or Avro under
 //!   our schemas registered at startup).
+//! - `processor`: the stream processor: consumer group, per-partition tasks restored from
+//!   the changelog, one transaction per commit interval holding outputs, state changelog
+//!   and consumed offsets.
 //! - `config`: layered configuration (defaults, file, `MILESTONES__` environment) and the
 //!   topic topology of `topology/topics.toml`.
 //! - `kafka`: librdkafka client configurations, one builder for every role.
@@ -31,6 +34,7 @@ pub mod engine;
 pub mod generate;
 pub mod ingest;
 pub mod kafka;
+pub mod processor;
 pub mod simulate;
 pub mod state;
 pub mod topics;

@@ -4,7 +4,9 @@ use std::fs::File;
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -12,7 +14,7 @@ use clap::{Parser, Subcommand};
 use order_milestones::config::Config;
 use order_milestones::engine::{Engine, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
-use order_milestones::{simulate, topics};
+use order_milestones::{processor, simulate, topics};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,6 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the stream processor: consumes the input topics as a member of the consumer
+    /// group and produces milestone records, order views and the state changelog, exactly
+    /// once. Stops on SIGTERM or SIGINT after committing; a second signal exits at once.
+    Run {
+        /// Configuration file (see the README); defaults and MILESTONES__ variables apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Runs the engine over a file of JSON events, without Kafka.
     Simulate {
         /// One JSON event per line; `-` for standard input.
@@ -116,6 +126,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let config = load_config(config.as_deref())?;
+            let rules = load_rules(config.rules.file.as_deref())?;
+            run_processor(config, rules)
+        }
         Command::Simulate {
             input,
             rules,
@@ -238,6 +254,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", topics::describe(&config, &rules));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Structured logs on standard error; `RUST_LOG` filters (default `info`), and
+/// `MILESTONES_LOG_FORMAT=json` gives one JSON object per line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    if std::env::var("MILESTONES_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The processor on a thread of its own; the tokio runtime serves the registry and the
+/// signals. The first SIGTERM or SIGINT asks the processor to stop (commit, close the
+/// stores, leave the group); if it has not stopped within `processing.shutdown_timeout_ms`,
+/// or on a second signal, the process exits at once.
+fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let bound = Duration::from_millis(config.processing.shutdown_timeout_ms);
+    let flag = shutdown.clone();
+    runtime.spawn(async move {
+        signal().await;
+        tracing::info!("stopping: committing and closing (a second signal exits at once)");
+        flag.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = signal() => tracing::warn!("second signal: exiting now"),
+            _ = tokio::time::sleep(bound) => tracing::error!(?bound, "did not stop in time: exiting now"),
+        }
+        std::process::exit(1);
+    });
+    let engine = Engine::new(Arc::new(rules));
+    let handle = runtime.handle().clone();
+    let processor = std::thread::Builder::new()
+        .name("processor".into())
+        .spawn(move || processor::run(&config, engine, handle, &shutdown))
+        .context("starting the processor thread")?;
+    match processor.join() {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(error)) => Err(error).context("processor"),
+        Err(_) => anyhow::bail!("the processor thread panicked"),
+    }
+}
+
+/// The next SIGTERM or SIGINT.
+async fn signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

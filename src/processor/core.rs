@@ -1,0 +1,455 @@
+//! The processor's state between polls: the open transaction, the tasks (one per assigned
+//! input partition, each with its RocksDB store and the graphs the transaction touched) and
+//! the work done for each record, at commit, and on abort.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tracing::{info, warn};
+
+use crate::emit::RecordEncoder;
+use crate::engine::{codec, Engine, OrderGraph};
+use crate::ingest::{DecodeError, EventDecoder};
+use crate::state::{PartitionStore, RocksStore, StoreBatch};
+
+use super::ProcessorError;
+
+/// How long one transactional call may take before it counts as failed.
+pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Topic names the processor writes to.
+pub(crate) struct Outputs {
+    pub changes: String,
+    pub status: String,
+    pub changelog: String,
+    pub dead_letters: String,
+}
+
+/// Tracks the delivery reports of the transactional producer: the last changelog offset
+/// written per partition (the stores' checkpoints after a commit) and any failure.
+pub(crate) struct Deliveries {
+    changelog: String,
+    last: Mutex<HashMap<i32, i64>>,
+    failure: Mutex<Option<KafkaError>>,
+}
+
+impl Deliveries {
+    pub fn new(changelog: String) -> Deliveries {
+        Deliveries {
+            changelog,
+            last: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+        }
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.changelog => {
+                let mut last = lock(&self.last);
+                let entry = last.entry(message.partition()).or_insert(-1);
+                *entry = (*entry).max(message.offset());
+            }
+            Ok(_) => {}
+            Err((error, _)) => {
+                lock(&self.failure).get_or_insert_with(|| error.clone());
+            }
+        }
+    }
+}
+
+/// A `std::sync::Mutex` guard that survives poisoning: what it guards (offsets, a first
+/// error) stays meaningful if a thread panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One assigned input partition.
+pub(crate) struct Task {
+    pub store: RocksStore,
+    /// The graphs the open transaction changed: read from the store once, written back
+    /// only after the transaction commits, so that the store never holds what an aborted
+    /// transaction did.
+    pub dirty: HashMap<CompactString, OrderGraph>,
+}
+
+/// The open transaction.
+struct Txn {
+    started: Instant,
+    /// Per input topic-partition: the first offset the transaction consumed (where to seek
+    /// back to on abort) and the next offset to commit.
+    consumed: BTreeMap<(String, i32), (i64, i64)>,
+}
+
+/// What [`Core::commit`] did with the open transaction.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TxnOutcome {
+    Nothing,
+    Committed,
+    /// The transaction was aborted; its input is consumed again.
+    Aborted,
+}
+
+pub(crate) struct Core {
+    pub engine: Engine,
+    pub producer: BaseProducer<Deliveries>,
+    pub decoder: EventDecoder,
+    pub changes: RecordEncoder,
+    pub views: RecordEncoder,
+    pub outputs: Outputs,
+    pub tasks: BTreeMap<i32, Task>,
+    /// Partitions assigned by the last rebalance and paused until their store is restored.
+    pub pending: Vec<(String, i32)>,
+    pub commit_interval: Duration,
+    txn: Option<Txn>,
+    buffer: Vec<u8>,
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        producer: BaseProducer<Deliveries>,
+        decoder: EventDecoder,
+        changes: RecordEncoder,
+        views: RecordEncoder,
+        outputs: Outputs,
+        commit_interval: Duration,
+    ) -> Core {
+        Core {
+            engine,
+            producer,
+            decoder,
+            changes,
+            views,
+            outputs,
+            tasks: BTreeMap::new(),
+            pending: Vec::new(),
+            commit_interval,
+            txn: None,
+            buffer: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Whether the open transaction has run its commit interval.
+    pub fn commit_due(&self) -> bool {
+        self.txn
+            .as_ref()
+            .is_some_and(|t| t.started.elapsed() >= self.commit_interval)
+    }
+
+    /// Processes one input record inside the open transaction (opening one if needed).
+    ///
+    /// Errors: [`ProcessorError::Registry`] when the schema registry cannot be reached (the
+    /// caller aborts and retries later: that is no reason to dead-letter a record), Kafka
+    /// errors of the producer, store errors.
+    pub fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ProcessorError> {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        if !self.tasks.contains_key(&partition) {
+            // Paused until restored, so this cannot happen; if it did, skipping would lose
+            // the record, so stop instead.
+            return Err(ProcessorError::Internal(format!(
+                "record from {topic}[{partition}] before its state was restored"
+            )));
+        }
+        self.begin()?;
+        match self.decoder.decode(message.key(), message.payload()) {
+            Err(error) if error.is_retriable() => {
+                // Not consumed: the abort that follows must seek back to this record too.
+                if let Some(txn) = &mut self.txn {
+                    txn.consumed
+                        .entry((topic.to_string(), partition))
+                        .or_insert((offset, offset));
+                }
+                return Err(ProcessorError::Registry(error));
+            }
+            Err(error) => self.dead_letter(message, &error)?,
+            Ok(event) => {
+                let Core {
+                    engine,
+                    producer,
+                    changes,
+                    outputs,
+                    tasks,
+                    buffer,
+                    ..
+                } = self;
+                let task = tasks.get_mut(&partition).ok_or_else(|| {
+                    ProcessorError::Internal(format!("task {partition} vanished"))
+                })?;
+                let graph = match task.dirty.entry(event.order_id.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let graph = match task.store.get(event.order_id.as_bytes())? {
+                            Some(bytes) => codec::decode(&bytes).map_err(|error| {
+                                ProcessorError::CorruptState {
+                                    partition,
+                                    order_id: event.order_id.to_string(),
+                                    error,
+                                }
+                            })?,
+                            None => OrderGraph::new(event.order_id.clone()),
+                        };
+                        e.insert(graph)
+                    }
+                };
+                let applied = engine.apply(graph, event);
+                for change in &applied.changes {
+                    buffer.clear();
+                    changes.encode_change(change, buffer)?;
+                    send(
+                        producer,
+                        BaseRecord::to(&outputs.changes)
+                            .key(change.order_id.as_bytes())
+                            .payload(buffer.as_slice()),
+                    )?;
+                }
+            }
+        }
+        if let Some(txn) = &mut self.txn {
+            txn.consumed
+                .entry((topic.to_string(), partition))
+                .and_modify(|(_, next)| *next = offset + 1)
+                .or_insert((offset, offset + 1));
+        }
+        Ok(())
+    }
+
+    /// The record unchanged to the dead-letter topic, with why and where it came from.
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        error: &DecodeError,
+    ) -> Result<(), ProcessorError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let text = error.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "error.class",
+                value: Some(error.class()),
+            })
+            .insert(Header {
+                key: "error.message",
+                value: Some(text.as_str()),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.outputs.dead_letters).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        warn!(class = error.class(), %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "record dead-lettered");
+        send(&self.producer, record)
+    }
+
+    fn begin(&mut self) -> Result<(), ProcessorError> {
+        if self.txn.is_none() {
+            self.producer.begin_transaction()?;
+            self.txn = Some(Txn {
+                started: Instant::now(),
+                consumed: BTreeMap::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the state and views of the orders the transaction changed, commits the
+    /// transaction with the consumed offsets, then writes the state to the stores.
+    ///
+    /// Errors: fatal Kafka errors (the producer was fenced, the transaction state is lost):
+    /// the instance must stop. Errors that require an abort abort, rewind the consumer and
+    /// return [`TxnOutcome::Aborted`].
+    pub fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<TxnOutcome, ProcessorError> {
+        let Some(txn) = self.txn.take() else {
+            return Ok(TxnOutcome::Nothing);
+        };
+        match self.try_commit(consumer, &txn) {
+            Ok(()) => Ok(TxnOutcome::Committed),
+            Err(ProcessorError::Kafka(KafkaError::Transaction(e))) if e.txn_requires_abort() => {
+                warn!(error = %e, "transaction aborted");
+                self.abort(consumer, txn)?;
+                Ok(TxnOutcome::Aborted)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn try_commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        txn: &Txn,
+    ) -> Result<(), ProcessorError> {
+        let Core {
+            engine,
+            producer,
+            views,
+            outputs,
+            tasks,
+            buffer,
+            ..
+        } = self;
+        let mut writes: Vec<(i32, StoreBatch)> = Vec::with_capacity(tasks.len());
+        for (&partition, task) in tasks.iter() {
+            let mut batch = StoreBatch::new();
+            for (order_id, graph) in &task.dirty {
+                let state = codec::to_bytes(graph);
+                send(
+                    producer,
+                    BaseRecord::to(&outputs.changelog)
+                        .partition(partition)
+                        .key(order_id.as_bytes())
+                        .payload(state.as_slice()),
+                )?;
+                buffer.clear();
+                views.encode_view(&engine.view(graph), buffer)?;
+                send(
+                    producer,
+                    BaseRecord::to(&outputs.status)
+                        .key(order_id.as_bytes())
+                        .payload(buffer.as_slice()),
+                )?;
+                batch.put(order_id.as_bytes(), state);
+            }
+            writes.push((partition, batch));
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (_, next)) in &txn.consumed {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or_else(|| {
+                ProcessorError::Internal("the consumer has no group metadata".into())
+            })?;
+            retrying(|| producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))?;
+        }
+        let started = Instant::now();
+        retrying(|| producer.commit_transaction(TXN_TIMEOUT))?;
+        let took = started.elapsed();
+        let last = lock(&producer.context().last).clone();
+        for (partition, mut batch) in writes {
+            batch.checkpoint = last.get(&partition).map(|offset| offset + 1);
+            if let Some(task) = tasks.get_mut(&partition) {
+                if !batch.is_empty() {
+                    task.store.write(batch)?;
+                }
+                task.dirty.clear();
+            }
+        }
+        tracing::debug!(?took, "transaction committed");
+        Ok(())
+    }
+
+    /// Aborts the transaction: its outputs are never seen by `read_committed` readers, the
+    /// graphs it changed are dropped (the stores never saw them) and the consumer goes back
+    /// to the first record it consumed in each partition.
+    fn abort<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        txn: Txn,
+    ) -> Result<(), ProcessorError> {
+        retrying(|| self.producer.abort_transaction(TXN_TIMEOUT))?;
+        for task in self.tasks.values_mut() {
+            task.dirty.clear();
+        }
+        let mut rewind = TopicPartitionList::new();
+        for ((topic, partition), (first, _)) in &txn.consumed {
+            rewind.add_partition_offset(topic, *partition, Offset::Offset(*first))?;
+        }
+        if rewind.count() > 0 {
+            consumer.seek_partitions(rewind, TXN_TIMEOUT)?;
+        }
+        info!(
+            partitions = txn.consumed.len(),
+            "consumer rewound to the aborted transaction's first records"
+        );
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any (registry down, shutdown after an error).
+    pub fn abort_open<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), ProcessorError> {
+        match self.txn.take() {
+            Some(txn) => self.abort(consumer, txn),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the store of a partition this instance no longer owns.
+    pub fn close_task(&mut self, partition: i32) {
+        if let Some(task) = self.tasks.remove(&partition) {
+            if let Err(error) = task.store.close() {
+                warn!(partition, %error, "closing a revoked partition's store failed");
+            }
+        }
+    }
+}
+
+/// Produces one record, waiting for room when librdkafka's queue is full.
+fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), ProcessorError> {
+    let mut record = record;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(5));
+                record = back;
+            }
+            Err((error, _)) => return Err(ProcessorError::Kafka(error)),
+        }
+    }
+}
+
+/// Runs a transactional call again while librdkafka says it is retriable, as its
+/// documentation asks; other errors go to the caller to classify.
+fn retrying(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), ProcessorError> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                warn!(error = %e, "retriable transaction error; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(ProcessorError::Kafka(e)),
+            Ok(()) => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The consumer's rebalance callbacks. librdkafka calls them on the processing thread, from
+//! inside `poll`, so they find the core between two records.
+//!
+//! - A revoke blocks until drained: the open transaction commits (its offsets included)
+//!   and the revoked partitions' stores close before the partitions are given up, so the
+//!   next owner starts exactly where this instance stopped.
+//! - An assign pauses the new partitions: the loop restores their stores from the
+//!   changelog before any of their records is processed.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::ClientContext;
+use tracing::{error, info};
+
+use super::core::Core;
+
+pub(crate) struct RebalanceContext {
+    /// A `std::sync::Mutex`: only the processing thread ever takes it, in the loop or in
+    /// these callbacks, never across an await; the lock is what hands the core between them.
+    pub core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = partitions(tpl);
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        match core.commit(consumer) {
+            Ok(outcome) => info!(
+                ?revoked,
+                ?outcome,
+                "partitions revoked; open transaction finished"
+            ),
+            // The records of the failed transaction are consumed again by the next owner
+            // from the last committed offsets: nothing is lost, nothing doubled.
+            Err(error) => error!(%error, ?revoked, "committing before a revoke failed"),
+        }
+        for (_, partition) in &revoked {
+            core.close_task(*partition);
+        }
+        core.pending.retain(|p| !revoked.contains(p));
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(error) = consumer.pause(tpl) {
+            error!(%error, "pausing newly assigned partitions failed");
+        }
+        let assigned = partitions(tpl);
+        info!(
+            ?assigned,
+            "partitions assigned; restoring their state first"
+        );
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.pending.extend(assigned);
+    }
+}
