@@ -5,127 +5,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use order_milestones::config::{Config, Format};
+use common::pipeline::{by_order, produce, read_until, simulated, test_config};
 use order_milestones::engine::{Engine, OrderEvent, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
-use order_milestones::{processor, simulate, topics};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use order_milestones::{processor, topics};
 use serde_json::Value;
-
-fn test_config(test: &str, state_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = common::bootstrap();
-    config.schema_registry.url = common::schema_registry_url();
-    config.application.id = common::unique_topic(test);
-    config.application.instance_id = "i0".into();
-    config.topics.inputs = vec![common::unique_topic(&format!("{test}_in"))];
-    config.topics.changes = common::unique_topic(&format!("{test}_changes"));
-    config.topics.status = common::unique_topic(&format!("{test}_status"));
-    config.topics.input_format = Format::Json;
-    config.topics.output_format = Format::Json;
-    config.topics.partitions = 3;
-    config.state.dir = state_dir.to_path_buf();
-    config.check().expect("valid test config");
-    config
-}
-
-fn produce(config: &Config, events: &[OrderEvent]) {
-    let producer: BaseProducer = common::client_config()
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for event in events {
-        let payload = serde_json::to_vec(event).expect("event as JSON");
-        let mut record = BaseRecord::to(&config.topics.inputs[0])
-            .key(event.order_id.as_bytes())
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .expect("all events delivered");
-}
-
-/// What simulate says: every change record in order, and the final views by order id.
-fn simulated(events: &[OrderEvent]) -> (Vec<Value>, BTreeMap<String, Value>) {
-    let engine = Engine::new(Arc::new(Rules::builtin().expect("rules")));
-    let input: String = events
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect();
-    let run = |final_views| {
-        let mut out = Vec::new();
-        simulate::run(
-            &engine,
-            input.as_bytes(),
-            "events",
-            final_views,
-            &mut out,
-            std::io::sink(),
-        )
-        .expect("simulate");
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let views = run(true)
-        .into_iter()
-        .map(|v| (v["order_id"].as_str().unwrap().to_string(), v))
-        .collect();
-    (run(false), views)
-}
-
-/// Reads a topic `read_committed` until `done` says the records so far are enough.
-fn read_until(
-    topic: &str,
-    deadline: Duration,
-    mut done: impl FnMut(&[(String, Value)]) -> bool,
-) -> Vec<(String, Value)> {
-    let consumer: BaseConsumer = common::client_config()
-        .set("group.id", common::unique_group("reader"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut records = Vec::new();
-    let until = Instant::now() + deadline;
-    while !done(&records) {
-        assert!(
-            Instant::now() < until,
-            "{topic}: gave up after {deadline:?} with {} records",
-            records.len()
-        );
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message.expect("read");
-            let key = String::from_utf8(message.key().expect("keyed").to_vec()).unwrap();
-            let value: Value =
-                serde_json::from_slice(message.payload().expect("value")).expect("JSON");
-            records.push((key, value));
-        }
-    }
-    records
-}
 
 /// Runs the processor over `events` and compares its outputs with simulate's.
 fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
@@ -165,15 +55,6 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
 
     assert!(!views.is_empty());
     // Per order, the change records are simulate's, in sequence.
-    let by_order = |records: Vec<Value>| {
-        let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for r in records {
-            map.entry(r["order_id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(r);
-        }
-        map
-    };
     let got = by_order(changes.into_iter().map(|(_, v)| v).collect());
     let want = by_order(expected_records);
     assert_eq!(got.len(), want.len(), "orders with change records");

@@ -5,6 +5,8 @@
 //! address they tried; they never skip.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};

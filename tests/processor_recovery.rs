@@ -1,0 +1,341 @@
+//! The stream processor's promises under failure, against the real broker: exactly-once
+//! output through repeated `kill -9`, state restored from the changelog when the local
+//! state is gone, bad records in the dead-letter topic with the good ones around them
+//! processed, and replay with the Kafka console tools.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::pipeline::{
+    by_order, produce, produce_raw, read_records_until, read_until, simulated, test_config,
+    write_config,
+};
+use order_milestones::config::Config;
+use order_milestones::engine::{Engine, OrderEvent, Rules};
+use order_milestones::generate::{GenerateConfig, Generator};
+use order_milestones::processor::{self, ProcessorError};
+use order_milestones::topics;
+use serde_json::Value;
+
+/// Fast failure detection for tests: a killed member leaves the group within seconds.
+fn quick_group(config: &mut Config) {
+    config
+        .kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    config
+        .kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "1000".into());
+}
+
+fn generated(orders: u64, prefix: &str) -> Vec<OrderEvent> {
+    Generator::new(GenerateConfig {
+        orders,
+        order_prefix: format!("{prefix}{}-", std::process::id()),
+        ..GenerateConfig::default()
+    })
+    .collect()
+}
+
+/// The processor on a thread of this test process; stops when the flag is set.
+struct InProcess {
+    shutdown: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), ProcessorError>>,
+}
+
+fn start(config: &Config, runtime: &tokio::runtime::Runtime) -> InProcess {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (config, flag, handle) = (config.clone(), shutdown.clone(), runtime.handle().clone());
+    let thread = std::thread::spawn(move || {
+        let engine = Engine::new(Arc::new(Rules::builtin().expect("rules")));
+        processor::run(&config, engine, handle, &flag)
+    });
+    InProcess { shutdown, thread }
+}
+
+impl InProcess {
+    fn stop(self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .expect("processor thread")
+            .expect("processor stopped cleanly");
+    }
+}
+
+fn wait_for_views(config: &Config, expected: &std::collections::BTreeMap<String, Value>) {
+    read_until(&config.topics.status, Duration::from_secs(120), |records| {
+        let last: std::collections::HashMap<&str, &Value> =
+            records.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        expected
+            .iter()
+            .all(|(id, view)| last.get(id.as_str()) == Some(&view))
+    });
+}
+
+fn changes_equal_simulate(config: &Config, expected_records: Vec<Value>) {
+    let n = expected_records.len();
+    let got = read_until(&config.topics.changes, Duration::from_secs(60), |r| {
+        r.len() >= n
+    });
+    // A little longer, so that a duplicate arriving after the expected count is seen.
+    std::thread::sleep(Duration::from_secs(2));
+    let got = read_until(&config.topics.changes, Duration::from_secs(60), |r| {
+        r.len() >= got.len()
+    });
+    let (got, want) = (
+        by_order(got.into_iter().map(|(_, v)| v).collect()),
+        by_order(expected_records),
+    );
+    assert_eq!(got.len(), want.len(), "orders with change records");
+    for (order, records) in &want {
+        assert_eq!(
+            got.get(order),
+            Some(records),
+            "change records of order {order}"
+        );
+    }
+}
+
+fn spawn_service(config_file: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_milestones"))
+        .args(["run", "--config", config_file.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start milestones run")
+}
+
+/// Crashes at random points of a stream, restarting each time: the `read_committed` output
+/// holds every expected change record exactly once, in sequence, and a SIGTERM at the end
+/// stops the service cleanly.
+#[test]
+fn exactly_once_through_repeated_kill_9() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config("crash", &dir.path().join("state"));
+    quick_group(&mut config);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let events = generated(6000, "K");
+    produce(&config, &events);
+    let (expected_records, expected_views) = simulated(&events);
+    let file = dir.path().join("milestones.toml");
+    write_config(&config, &file);
+
+    for round in 0..4u64 {
+        let mut child = spawn_service(&file);
+        // Late enough to be in the middle of processing (start-up, rebalance, restore).
+        std::thread::sleep(Duration::from_millis(1500 + 700 * round));
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    let mut child = spawn_service(&file);
+    wait_for_views(&config, &expected_views);
+    let stop = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exited = child.wait().expect("exit status");
+    assert!(
+        exited.success(),
+        "SIGTERM should stop the service cleanly, got {exited}"
+    );
+    assert!(
+        stop.elapsed() < Duration::from_secs(30),
+        "stopping took {:?}",
+        stop.elapsed()
+    );
+    changes_equal_simulate(&config, expected_records);
+}
+
+/// Without its local state, the processor restores every order from the changelog: events
+/// that arrive afterwards continue each order where it was.
+#[test]
+fn state_restored_from_the_changelog_when_the_state_directory_is_gone() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let config = test_config("restore", &state);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let events = generated(1500, "R");
+    // Each order's first half, then the rest.
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in &events {
+        let n = seen.entry(e.order_id.to_string()).or_default();
+        *n += 1;
+        if *n <= 5 {
+            first.push(e.clone())
+        } else {
+            second.push(e.clone())
+        }
+    }
+    produce(&config, &first);
+    let processor = start(&config, &runtime);
+    wait_for_views(&config, &simulated(&first).1);
+    processor.stop();
+
+    std::fs::remove_dir_all(&state).expect("delete the state directory");
+    produce(&config, &second);
+    let all: Vec<OrderEvent> = first.iter().chain(&second).cloned().collect();
+    let (expected_records, expected_views) = simulated(&all);
+    let processor = start(&config, &runtime);
+    wait_for_views(&config, &expected_views);
+    processor.stop();
+    changes_equal_simulate(&config, expected_records);
+}
+
+/// Records that are not valid events go to the dead-letter topic unchanged, with the
+/// reason and their origin in headers; the good records around them are processed.
+#[test]
+fn poison_records_go_to_the_dead_letter_topic_and_the_rest_is_processed() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = test_config("poison", &dir.path().join("state"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let good = generated(50, "G");
+    let bad: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+        ("undecodable", Some(b"O-x".to_vec()), Some(b"\x00\x01 not an event".to_vec())),
+        ("invalid_event", Some(b"O-x".to_vec()), Some(br#"{"event_id":"","order_id":"O-x","event_type":"X","source":"s","occurred_at":1}"#.to_vec())),
+        ("invalid_event", Some(b"O-x".to_vec()), Some(br#"{"event_id":"e","order_id":"O-x","event_type":"X","source":"s","occurred_at":1,"items":[{"asin":"B","qty":0}]}"#.to_vec())),
+        ("invalid_event", Some(b"O-x".to_vec()), Some(br#"{"order_id":"O-x","event_type":"X","source":"s","occurred_at":1}"#.to_vec())),
+        ("missing_value", Some(b"O-x".to_vec()), None),
+        ("key_mismatch", Some(b"O-y".to_vec()), Some(br#"{"event_id":"e","order_id":"O-x","event_type":"X","source":"s","occurred_at":1}"#.to_vec())),
+    ];
+    // Bad records between the good ones.
+    let mut records = Vec::new();
+    for (i, e) in good.iter().enumerate() {
+        records.push((
+            Some(e.order_id.as_bytes().to_vec()),
+            Some(serde_json::to_vec(e).unwrap()),
+        ));
+        if i % 50 == 7 || i % 97 == 3 {
+            for (_, key, value) in &bad {
+                records.push((key.clone(), value.clone()));
+            }
+        }
+    }
+    let bad_count = records.len() - good.len();
+    produce_raw(&config.topics.inputs[0], &records);
+    let processor = start(&config, &runtime);
+    wait_for_views(&config, &simulated(&good).1);
+    processor.stop();
+
+    let dead = read_records_until(&config.dead_letter_topic(), Duration::from_secs(30), |r| {
+        r.len() >= bad_count
+    });
+    assert_eq!(dead.len(), bad_count);
+    let mut classes: Vec<&str> = dead
+        .iter()
+        .map(|r| r.headers["error.class"].as_str())
+        .collect();
+    classes.sort();
+    let mut expected: Vec<&str> = bad
+        .iter()
+        .map(|(c, _, _)| *c)
+        .cycle()
+        .take(bad_count)
+        .collect();
+    expected.sort();
+    assert_eq!(classes, expected);
+    for record in &dead {
+        assert_eq!(record.headers["source.topic"], config.topics.inputs[0]);
+        assert!(record.headers["source.offset"].parse::<i64>().is_ok());
+        assert!(record.headers["source.partition"].parse::<i32>().is_ok());
+        assert!(!record.headers["error.message"].is_empty());
+        let original = bad.iter().find(|(c, k, v)| {
+            *c == record.headers["error.class"]
+                && k.as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    == record.key
+                && *v == record.raw
+        });
+        assert!(
+            original.is_some(),
+            "dead letter is not an unchanged bad record: {:?} {:?}",
+            record.key,
+            record.value
+        );
+    }
+}
+
+/// Replay with the console tools: resetting the group to the earliest offsets produces no
+/// new change record; a new application id over the same input produces the same records.
+#[test]
+fn replay_with_the_console_tools() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = test_config("replay", &dir.path().join("state"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let events = generated(300, "P");
+    produce(&config, &events);
+    let (expected_records, expected_views) = simulated(&events);
+    let processor = start(&config, &runtime);
+    wait_for_views(&config, &expected_views);
+    processor.stop();
+    changes_equal_simulate(&config, expected_records.clone());
+
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka-consumer-groups");
+    let reset = Command::new(&tools)
+        .args([
+            "--bootstrap-server",
+            &common::bootstrap(),
+            "--group",
+            &config.application.id,
+        ])
+        .args([
+            "--topic",
+            &config.topics.inputs[0],
+            "--reset-offsets",
+            "--to-earliest",
+            "--execute",
+        ])
+        .output()
+        .expect("kafka-consumer-groups");
+    assert!(
+        reset.status.success(),
+        "reset failed: {}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    // Replayed: every event is now a duplicate; the views say so, the change records do not move.
+    let duplicated: std::collections::BTreeMap<String, Value> = expected_views
+        .iter()
+        .map(|(id, view)| {
+            let mut view = view.clone();
+            view["duplicates"] = Value::from(
+                view["duplicates"].as_u64().unwrap()
+                    + view["events"].as_u64().unwrap()
+                    + view["duplicates"].as_u64().unwrap(),
+            );
+            (id.clone(), view)
+        })
+        .collect();
+    let processor = start(&config, &runtime);
+    wait_for_views(&config, &duplicated);
+    processor.stop();
+    changes_equal_simulate(&config, expected_records.clone());
+
+    let mut again = config.clone();
+    again.application.id = common::unique_topic("replay_new_app");
+    again.topics.changes = common::unique_topic("replay_new_changes");
+    again.topics.status = common::unique_topic("replay_new_status");
+    again.state.dir = dir.path().join("state2");
+    runtime.block_on(topics::apply(&again)).expect("topics");
+    let processor = start(&again, &runtime);
+    wait_for_views(&again, &expected_views);
+    processor.stop();
+    changes_equal_simulate(&again, expected_records);
+}
