@@ -196,6 +196,9 @@ fn state_restored_from_the_changelog_when_the_state_directory_is_gone() {
     changes_equal_simulate(&config, expected_records);
 }
 
+/// A bad record: the error class it must get, its key and its value.
+type BadRecord = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Records that are not valid events go to the dead-letter topic unchanged, with the
 /// reason and their origin in headers; the good records around them are processed.
 #[test]
@@ -206,7 +209,8 @@ fn poison_records_go_to_the_dead_letter_topic_and_the_rest_is_processed() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(topics::apply(&config)).expect("topics");
     let good = generated(50, "G");
-    let bad: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+    // The error class each must get, its key and its value.
+    let bad: Vec<BadRecord> = vec![
         ("undecodable", Some(b"O-x".to_vec()), Some(b"\x00\x01 not an event".to_vec())),
         ("invalid_event", Some(b"O-x".to_vec()), Some(br#"{"event_id":"","order_id":"O-x","event_type":"X","source":"s","occurred_at":1}"#.to_vec())),
         ("invalid_event", Some(b"O-x".to_vec()), Some(br#"{"event_id":"e","order_id":"O-x","event_type":"X","source":"s","occurred_at":1,"items":[{"asin":"B","qty":0}]}"#.to_vec())),

@@ -51,9 +51,12 @@ pub fn write_config(config: &Config, path: &Path) {
     std::fs::write(path, text).expect("write config");
 }
 
+/// A record to produce as it is: key and value, either possibly missing.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Produces events as JSON, keyed by order id, with the Java partitioner.
 pub fn produce(config: &Config, events: &[OrderEvent]) {
-    let records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = events
+    let records: Vec<RawRecord> = events
         .iter()
         .map(|e| {
             (
@@ -66,7 +69,7 @@ pub fn produce(config: &Config, events: &[OrderEvent]) {
 }
 
 /// Produces records as given (a key or value may be missing), in order.
-pub fn produce_raw(topic: &str, records: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) {
+pub fn produce_raw(topic: &str, records: &[RawRecord]) {
     let producer: BaseProducer = client_config()
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
@@ -218,14 +221,11 @@ fn read<T>(
     let mut records = Vec::new();
     let until = Instant::now() + deadline;
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(message) => {
-                records.push(convert(&message.expect("read")));
-                if records.len() % 1000 != 0 {
-                    continue;
-                }
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            records.push(convert(&message.expect("read")));
+            if records.len() % 1000 != 0 {
+                continue;
             }
-            None => {}
         }
         if done(&records) {
             return records;
