@@ -47,10 +47,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         orders: u64,
         /// Share of events that arrive after a later event of their order.
-        #[arg(long, default_value_t = 0.2)]
+        #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
         out_of_order: f64,
         /// Share of events delivered twice.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
         redelivered: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,

@@ -89,13 +89,13 @@ pub enum ProduceError {
     #[error("cannot create a Kafka producer for {bootstrap}: {error}")]
     Client {
         bootstrap: String,
-        error: KafkaError,
+        error: Box<KafkaError>,
     },
     #[error("cannot read the metadata of topic {topic} from {bootstrap}: {error}")]
     Metadata {
         topic: String,
         bootstrap: String,
-        error: KafkaError,
+        error: Box<KafkaError>,
     },
     #[error("topic {topic} does not exist: create it first (`milestones topics apply`)")]
     NoTopic { topic: String },
@@ -106,7 +106,10 @@ pub enum ProduceError {
     #[error("cannot encode for topic {topic}: {error}")]
     Format { topic: String, error: FormatError },
     #[error("cannot hand a record to the producer for {topic}: {error}")]
-    Send { topic: String, error: KafkaError },
+    Send {
+        topic: String,
+        error: Box<KafkaError>,
+    },
     /// Some records were not acknowledged. Those that were are in the topic; the run stops
     /// at the first failure it sees, so the rest were never sent.
     #[error(
@@ -121,7 +124,10 @@ pub enum ProduceError {
         first: String,
     },
     #[error("flushing the producer for {topic}: {error}")]
-    Flush { topic: String, error: KafkaError },
+    Flush {
+        topic: String,
+        error: Box<KafkaError>,
+    },
 }
 
 /// Produces `events` to `target`, in their order, keyed by order id, and waits until every
@@ -173,7 +179,7 @@ pub fn produce(
         .create_with_context(Deliveries::default())
         .map_err(|error| ProduceError::Client {
             bootstrap: config.kafka.bootstrap_servers.clone(),
-            error,
+            error: Box::new(error),
         })?;
     let partitions = partition_count(&producer, config, topic)?;
 
@@ -202,13 +208,13 @@ pub fn produce(
                 Err((error, _)) => {
                     return Err(ProduceError::Send {
                         topic: topic.to_owned(),
-                        error,
+                        error: Box::new(error),
                     })
                 }
             }
         }
         sent += 1;
-        if sent % POLL_EVERY == 0 {
+        if sent.is_multiple_of(POLL_EVERY) {
             producer.poll(Duration::ZERO);
             // A failed record leaves a gap in its order's events: stop sending more.
             if deliveries.failed() > 0 {
@@ -222,7 +228,7 @@ pub fn produce(
         .flush(Timeout::Never)
         .map_err(|error| ProduceError::Flush {
             topic: topic.to_owned(),
-            error,
+            error: Box::new(error),
         })?;
     let elapsed = started.elapsed();
     let (delivered, failed) = (deliveries.delivered(), deliveries.failed());
@@ -257,7 +263,7 @@ fn partition_count(
         .map_err(|error| ProduceError::Metadata {
             topic: topic.to_owned(),
             bootstrap: config.kafka.bootstrap_servers.clone(),
-            error,
+            error: Box::new(error),
         })?;
     let found = metadata.topics().iter().find(|t| t.name() == topic);
     match found.map(|t| (t.error(), t.partitions().len())) {
