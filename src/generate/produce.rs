@@ -71,8 +71,8 @@ pub struct Produced {
     pub records: u64,
     /// Partitions of the topic.
     pub partitions: usize,
-    /// From the producer's creation to the last acknowledgement, schema registration
-    /// included.
+    /// From the start of [`produce`] to the last acknowledgement: schema registration and
+    /// the topic's metadata included.
     pub elapsed: Duration,
 }
 
@@ -105,6 +105,9 @@ pub enum ProduceError {
     NoRegistry { topic: String },
     #[error("cannot encode for topic {topic}: {error}")]
     Format { topic: String, error: FormatError },
+    /// librdkafka refused a record outright (too large for `message.max.bytes`, or the
+    /// producer is in a fatal state). Records handed over before it may or may not have
+    /// been delivered.
     #[error("cannot hand a record to the producer for {topic}: {error}")]
     Send {
         topic: String,
