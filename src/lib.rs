@@ -26,7 +26,8 @@
 //!   from it when a store is new, damaged or behind.
 //! - `topics`: the topic topology: plan, create (`topics apply`), check, describe.
 //! - `simulate`: the engine over a file of JSON events, without Kafka.
-//! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks.
+//! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks,
+//!   as JSON lines or produced to an input topic in either format.
 
 pub mod config;
 pub mod emit;

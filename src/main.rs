@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use order_milestones::config::Config;
+use order_milestones::config::{Config, Format};
 use order_milestones::engine::{Engine, Rules};
-use order_milestones::generate::{GenerateConfig, Generator};
+use order_milestones::generate::{self, GenerateConfig, Generator, KafkaTarget};
 use order_milestones::{processor, simulate, topics};
 
 #[global_allocator]
@@ -49,23 +49,35 @@ enum Command {
         #[arg(long = "final")]
         final_views: bool,
     },
-    /// Generates demo orders as JSON events, one per line (out of order and redelivered
-    /// as asked); the stream is the same for the same seed.
+    /// Generates demo orders (out of order and redelivered as asked; the same stream for the
+    /// same seed): JSON events on standard output, one per line, or with --topic or
+    /// --config produced to a Kafka input topic, keyed by order id.
     Generate {
         /// How many orders.
         #[arg(long, default_value_t = 10)]
         orders: u64,
         /// Share of events that arrive after a later event of their order.
-        #[arg(long, default_value_t = 0.2)]
+        #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
         out_of_order: f64,
         /// Share of events delivered twice.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
         redelivered: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Order ids are PREFIX followed by a number.
         #[arg(long, default_value = "O-")]
         order_prefix: String,
+        /// Produce to this topic; default (with --config): the first input topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Configuration file (broker, schema registry, topics); defaults and MILESTONES__
+        /// variables apply. Giving it produces to Kafka.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Record values on Kafka: avro (Confluent wire format, avro/order_event.avsc
+        /// registered under TOPIC-value) or json; default: topics.input_format.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Milestone rules files.
     Rules {
@@ -174,6 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             redelivered,
             seed,
             order_prefix,
+            topic,
+            config,
+            format,
         } => {
             for (name, share) in [
                 ("--out-of-order", out_of_order),
@@ -184,7 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{name} is {share}: give a share from 0 to below 1"
                 );
             }
-            let config = GenerateConfig {
+            let format = format.as_deref().map(parse_format).transpose()?;
+            let generate = GenerateConfig {
                 orders,
                 out_of_order,
                 redelivered,
@@ -192,23 +208,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 order_prefix,
                 ..GenerateConfig::default()
             };
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            for event in Generator::new(config) {
-                let written = serde_json::to_writer(&mut out, &event)
-                    .map_err(io::Error::from)
-                    .and_then(|()| out.write_all(b"\n"));
-                match written {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        return Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => return Err(e).context("generate"),
-                }
+            if topic.is_none() && config.is_none() {
+                anyhow::ensure!(
+                    format.is_none(),
+                    "--format is for Kafka: give --topic or --config too (standard output is \
+                     always JSON lines)"
+                );
+                return generate_to_stdout(generate);
             }
-            match out.flush() {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("generate"),
-                _ => Ok(ExitCode::SUCCESS),
-            }
+            let config = load_config(config.as_deref())?;
+            let target = KafkaTarget::resolve(&config, topic, format);
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            let events = Generator::new(generate.clone());
+            let produced = generate::produce(&config, &target, events, runtime.handle())
+                .context("generate")?;
+            eprintln!(
+                "generate: {} records ({} orders) to {} ({} partitions) as {} in {:.2} s: \
+                 {:.0} records/s",
+                produced.records,
+                generate.orders,
+                target.topic,
+                produced.partitions,
+                format_name(target.format),
+                produced.elapsed.as_secs_f64(),
+                produced.rate()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rules {
             command: RulesCommand::Check { file },
@@ -317,6 +342,43 @@ async fn signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The generated events as JSON lines on standard output.
+fn generate_to_stdout(config: GenerateConfig) -> anyhow::Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for event in Generator::new(config) {
+        let written = serde_json::to_writer(&mut out, &event)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        match written {
+            Ok(()) => {}
+            // `milestones generate | head` is a normal way to stop reading.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(e).context("generate"),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("generate"),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--format`, parsed here rather than by clap so that a wrong value is one line and exit 1,
+/// like every other refused argument.
+fn parse_format(name: &str) -> anyhow::Result<Format> {
+    match name {
+        "avro" => Ok(Format::Avro),
+        "json" => Ok(Format::Json),
+        other => anyhow::bail!("--format is {other}: give avro or json"),
+    }
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Avro => "avro",
+        Format::Json => "json",
     }
 }
 

@@ -1,13 +1,15 @@
-//! Change records and order views to record values, JSON or Avro in the Confluent wire
-//! format under our own schemas.
+//! Change records and order views (and, for `milestones generate`, input events) to record
+//! values, JSON or Avro in the Confluent wire format under our own schemas.
 
-use crate::engine::{MilestoneChange, OrderView};
-use crate::ingest::avro::{HEADER_LEN, MAGIC_BYTE};
+use crate::engine::{MilestoneChange, OrderEvent, OrderView};
+use crate::ingest::avro::{HEADER_LEN, MAGIC_BYTE, ORDER_EVENT_SCHEMA};
 use crate::ingest::{Format, FormatError, RegistryClient};
 
-use super::avro::{write_change, write_view, MILESTONE_CHANGE_SCHEMA, ORDER_VIEW_SCHEMA};
+use super::avro::{
+    write_change, write_event, write_view, MILESTONE_CHANGE_SCHEMA, ORDER_VIEW_SCHEMA,
+};
 
-/// Encodes the values of one output topic. The Avro schema is registered once, when the
+/// Encodes the values of one topic. The Avro schema is registered once, when the
 /// encoder is built; each record then costs no registry call.
 #[derive(Debug, Clone)]
 pub struct RecordEncoder {
@@ -57,6 +59,23 @@ impl RecordEncoder {
             registry,
             runtime,
             ("com.grocery.orders.OrderView", ORDER_VIEW_SCHEMA),
+        )
+    }
+
+    /// An encoder for input events (`avro/order_event.avsc`), as `milestones generate`
+    /// writes them; see [`RecordEncoder::for_changes`].
+    pub fn for_events(
+        format: Format,
+        topic: &str,
+        registry: Option<&RegistryClient>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<RecordEncoder, FormatError> {
+        RecordEncoder::new(
+            format,
+            topic,
+            registry,
+            runtime,
+            ("com.grocery.orders.OrderEvent", ORDER_EVENT_SCHEMA),
         )
     }
 
@@ -122,6 +141,19 @@ impl RecordEncoder {
             Some(header) => {
                 out.extend_from_slice(header);
                 write_view(view, out)
+            }
+        }
+    }
+
+    /// Appends the value of one input event to `out`, with the contract's field names in
+    /// JSON; see [`RecordEncoder::encode_change`].
+    pub fn encode_event(&self, event: &OrderEvent, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        match &self.header {
+            None => Ok(serde_json::to_writer(out, event)?),
+            Some(header) => {
+                out.extend_from_slice(header);
+                write_event(event, out);
+                Ok(())
             }
         }
     }

@@ -2,8 +2,9 @@
 //! Avro in the Confluent wire format under `avro/milestone_change.avsc` and
 //! `avro/order_view.avsc`. Keys are the order id as plain UTF-8 in both formats.
 //!
-//! - `encode`: [`RecordEncoder`], one per output topic, registering its schema at startup.
-//! - `avro`: the Avro binary of the two records, written by hand into the output buffer.
+//! - `encode`: [`RecordEncoder`], one per topic, registering its schema at startup (also
+//!   used by `milestones generate` for input events).
+//! - `avro`: the Avro binary of the records, written by hand into the output buffer.
 
 mod avro;
 mod encode;

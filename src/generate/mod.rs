@@ -3,6 +3,14 @@
 //! or is cancelled on the way; several orders are in flight at once, a share of events
 //! arrive out of order and a share are delivered twice. Deterministic for a seed, so that a
 //! benchmark or a test can be run again on the same stream.
+//!
+//! - this module: [`Generator`], the event stream, with no I/O.
+//! - `produce`: [`produce()`] writes a stream to a Kafka input topic, JSON or Avro, in the
+//!   stream's order.
+
+mod produce;
+
+pub use produce::{produce, KafkaTarget, ProduceError, Produced};
 
 use std::collections::BTreeMap;
 
