@@ -395,7 +395,7 @@ impl Metrics {
     pub fn dead_letter(&self, topic: &str, partition: i32, offset: i64, error: &DecodeError) {
         let class = error.class();
         self.dead_letters.with_label_values(&[class]).inc();
-        tracing::warn!(%error, class, topic, partition, offset, "record sent to the dead-letter topic");
+        tracing::warn!(%error, class, topic, partition, offset, "record dead-lettered");
     }
 
     /// A transaction committed; `commit_time` is how long the commit call took.
