@@ -25,16 +25,22 @@
 //!   small `PartitionStore` trait), checkpointed against the changelog topic and restored
 //!   from it when a store is new, damaged or behind.
 //! - `topics`: the topic topology: plan, create (`topics apply`), check, describe.
+//! - `metrics`: every metric of the service, named in one place, and the log lines that
+//!   pair with them.
+//! - `api`: the HTTP endpoints: `/metrics`, `/healthz` (the processing loop heartbeats) and
+//!   `/readyz` (every assigned partition restored).
 //! - `simulate`: the engine over a file of JSON events, without Kafka.
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks,
 //!   as JSON lines or produced to an input topic in either format.
 
+pub mod api;
 pub mod config;
 pub mod emit;
 pub mod engine;
 pub mod generate;
 pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod processor;
 pub mod simulate;
 pub mod state;
