@@ -60,7 +60,9 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
             consumer(&mut client);
             client
                 .set("group.id", &config.application.id)
-                .set("partition.assignment.strategy", "cooperative-sticky");
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                // Statistics carry the consumer lag per partition for the metrics.
+                .set("statistics.interval.ms", "1000");
         }
         Role::AssignedConsumer => {
             consumer(&mut client);

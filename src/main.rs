@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use order_milestones::config::{Config, Format};
 use order_milestones::engine::{Engine, Rules};
 use order_milestones::generate::{self, GenerateConfig, Generator, KafkaTarget};
-use order_milestones::{processor, simulate, topics};
+use order_milestones::{api, processor, simulate, topics};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -316,13 +316,33 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
         }
         std::process::exit(1);
     });
+    let telemetry = processor::Telemetry::new().context("metrics")?;
+    // The endpoints come up first, so that /healthz and /readyz tell the truth from the start.
+    let server = runtime
+        .block_on(api::Server::bind(
+            config.http.listen,
+            telemetry.metrics.clone(),
+            telemetry.health.clone(),
+        ))
+        .context("http")?;
+    tracing::info!(listen = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = runtime.spawn(server.run(async {
+        let _ = http_stopped.await;
+    }));
+
     let engine = Engine::new(Arc::new(rules));
     let handle = runtime.handle().clone();
     let processor = std::thread::Builder::new()
         .name("processor".into())
-        .spawn(move || processor::run(&config, engine, handle, &shutdown))
+        .spawn(move || processor::run(&config, engine, handle, &shutdown, &telemetry))
         .context("starting the processor thread")?;
-    match processor.join() {
+    let result = processor.join();
+    let _ = stop_http.send(());
+    if let Ok(Err(error)) = runtime.block_on(http) {
+        tracing::warn!(%error, "http server");
+    }
+    match result {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(error)) => Err(error).context("processor"),
         Err(_) => anyhow::bail!("the processor thread panicked"),

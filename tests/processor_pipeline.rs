@@ -28,12 +28,14 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
     let (expected_records, expected_views) = simulated(&events);
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    let telemetry = processor::Telemetry::new().expect("metrics");
     let processor = {
+        let telemetry = telemetry.clone();
         let (config, shutdown, handle) =
             (config.clone(), shutdown.clone(), runtime.handle().clone());
         std::thread::spawn(move || {
             let engine = Engine::new(Arc::new(Rules::builtin().expect("rules")));
-            processor::run(&config, engine, handle, &shutdown)
+            processor::run(&config, engine, handle, &shutdown, &telemetry)
         })
     };
 
@@ -54,6 +56,32 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
         .expect("processor stopped cleanly");
 
     assert!(!views.is_empty());
+    // What the metrics counted is what happened.
+    let metric = |name: &str| -> f64 {
+        telemetry
+            .metrics
+            .encode_text()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // An event is its event id within its order.
+    let distinct: std::collections::HashSet<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.order_id.as_str(), e.event_id.as_str()))
+        .collect();
+    assert_eq!(metric("milestones_events_in_total"), events.len() as f64);
+    assert_eq!(
+        metric("milestones_duplicate_events_total"),
+        (events.len() - distinct.len()) as f64
+    );
+    assert_eq!(
+        metric("milestones_reached_total") + metric("milestones_placeholders_confirmed_total"),
+        expected_records.len() as f64
+    );
+    assert!(metric("milestones_transactions_total{outcome=\"committed\"}") >= 1.0);
+    assert!(telemetry.health.is_ready(), "every partition restored");
     // Per order, the change records are simulate's, in sequence.
     let got = by_order(changes.into_iter().map(|(_, v)| v).collect());
     let want = by_order(expected_records);

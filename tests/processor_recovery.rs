@@ -55,7 +55,13 @@ fn start(config: &Config, runtime: &tokio::runtime::Runtime) -> InProcess {
     let (config, flag, handle) = (config.clone(), shutdown.clone(), runtime.handle().clone());
     let thread = std::thread::spawn(move || {
         let engine = Engine::new(Arc::new(Rules::builtin().expect("rules")));
-        processor::run(&config, engine, handle, &flag)
+        processor::run(
+            &config,
+            engine,
+            handle,
+            &flag,
+            &processor::Telemetry::new().expect("metrics"),
+        )
     });
     InProcess { shutdown, thread }
 }

@@ -3,7 +3,7 @@
 //! the work done for each record, at commit, and on abort.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -16,9 +16,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tracing::{info, warn};
 
+use crate::api::Health;
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderGraph};
 use crate::ingest::{DecodeError, EventDecoder};
+use crate::metrics::Metrics;
 use crate::state::{PartitionStore, RocksStore, StoreBatch};
 
 use super::ProcessorError;
@@ -95,6 +97,9 @@ struct Txn {
     /// Per input topic-partition: the first offset the transaction consumed (where to seek
     /// back to on abort) and the next offset to commit.
     consumed: BTreeMap<(String, i32), (i64, i64)>,
+    /// Each processed event's `occurred_at` and its record's timestamp, for the end-to-end
+    /// latency once the transaction commits.
+    times: Vec<(i64, Option<i64>)>,
 }
 
 /// What [`Core::commit`] did with the open transaction.
@@ -117,6 +122,8 @@ pub(crate) struct Core {
     /// Partitions assigned by the last rebalance and paused until their store is restored.
     pub pending: Vec<(String, i32)>,
     pub commit_interval: Duration,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     txn: Option<Txn>,
     buffer: Vec<u8>,
 }
@@ -131,6 +138,8 @@ impl Core {
         views: RecordEncoder,
         outputs: Outputs,
         commit_interval: Duration,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Core {
         Core {
             engine,
@@ -142,6 +151,8 @@ impl Core {
             tasks: BTreeMap::new(),
             pending: Vec::new(),
             commit_interval,
+            metrics,
+            health,
             txn: None,
             buffer: Vec::with_capacity(4096),
         }
@@ -181,6 +192,11 @@ impl Core {
             }
             Err(error) => self.dead_letter(message, &error)?,
             Ok(event) => {
+                self.metrics.event_in(topic, &event.event_type);
+                if let Some(txn) = &mut self.txn {
+                    txn.times
+                        .push((event.occurred_at, message.timestamp().to_millis()));
+                }
                 let Core {
                     engine,
                     producer,
@@ -188,6 +204,7 @@ impl Core {
                     outputs,
                     tasks,
                     buffer,
+                    metrics,
                     ..
                 } = self;
                 let task = tasks.get_mut(&partition).ok_or_else(|| {
@@ -209,8 +226,26 @@ impl Core {
                         e.insert(graph)
                     }
                 };
+                // The placeholders before the event tell a confirmation from a first reach.
+                let placeholders: Vec<CompactString> = graph
+                    .milestones()
+                    .iter()
+                    .filter(|m| m.inferred)
+                    .map(|m| m.name.clone())
+                    .collect();
                 let applied = engine.apply(graph, event);
+                if applied.duplicate {
+                    metrics.duplicate_event();
+                }
+                if applied.out_of_order {
+                    metrics.out_of_order_event();
+                }
                 for change in &applied.changes {
+                    if !change.inferred && placeholders.contains(&change.milestone) {
+                        metrics.placeholder_confirmed();
+                    } else {
+                        metrics.milestone_reached(&change.milestone, change.inferred);
+                    }
                     buffer.clear();
                     changes.encode_change(change, buffer)?;
                     send(
@@ -269,7 +304,12 @@ impl Core {
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        warn!(class = error.class(), %error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "record dead-lettered");
+        self.metrics.dead_letter(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            error,
+        );
         send(&self.producer, record)
     }
 
@@ -279,6 +319,7 @@ impl Core {
             self.txn = Some(Txn {
                 started: Instant::now(),
                 consumed: BTreeMap::new(),
+                times: Vec::new(),
             });
         }
         Ok(())
@@ -300,7 +341,7 @@ impl Core {
         match self.try_commit(consumer, &txn) {
             Ok(()) => Ok(TxnOutcome::Committed),
             Err(ProcessorError::Kafka(KafkaError::Transaction(e))) if e.txn_requires_abort() => {
-                warn!(error = %e, "transaction aborted");
+                self.metrics.transaction_aborted(&e);
                 self.abort(consumer, txn)?;
                 Ok(TxnOutcome::Aborted)
             }
@@ -313,6 +354,45 @@ impl Core {
         consumer: &BaseConsumer<C>,
         txn: &Txn,
     ) -> Result<(), ProcessorError> {
+        let writes = self.send_state_and_views()?;
+        let producer = &self.producer;
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (_, next)) in &txn.consumed {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or_else(|| {
+                ProcessorError::Internal("the consumer has no group metadata".into())
+            })?;
+            retrying(|| producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))?;
+        }
+        let started = Instant::now();
+        retrying(|| producer.commit_transaction(TXN_TIMEOUT))?;
+        self.metrics.transaction_committed(started.elapsed());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for &(occurred_at, timestamp) in &txn.times {
+            self.metrics.event_committed(occurred_at, timestamp, now);
+        }
+        let last = lock(&self.producer.context().last).clone();
+        for (partition, mut batch) in writes {
+            batch.checkpoint = last.get(&partition).map(|offset| offset + 1);
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                if !batch.is_empty() {
+                    task.store.write(batch)?;
+                }
+                task.dirty.clear();
+                self.metrics
+                    .state_size(partition, task.store.approximate_bytes(), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces the changelog record and the view of every order the transaction changed;
+    /// returns the store batches to write once it commits.
+    fn send_state_and_views(&mut self) -> Result<Vec<(i32, StoreBatch)>, ProcessorError> {
         let Core {
             engine,
             producer,
@@ -346,31 +426,7 @@ impl Core {
             }
             writes.push((partition, batch));
         }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), (_, next)) in &txn.consumed {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
-        if offsets.count() > 0 {
-            let metadata = consumer.group_metadata().ok_or_else(|| {
-                ProcessorError::Internal("the consumer has no group metadata".into())
-            })?;
-            retrying(|| producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))?;
-        }
-        let started = Instant::now();
-        retrying(|| producer.commit_transaction(TXN_TIMEOUT))?;
-        let took = started.elapsed();
-        let last = lock(&producer.context().last).clone();
-        for (partition, mut batch) in writes {
-            batch.checkpoint = last.get(&partition).map(|offset| offset + 1);
-            if let Some(task) = tasks.get_mut(&partition) {
-                if !batch.is_empty() {
-                    task.store.write(batch)?;
-                }
-                task.dirty.clear();
-            }
-        }
-        tracing::debug!(?took, "transaction committed");
-        Ok(())
+        Ok(writes)
     }
 
     /// Aborts the transaction: its outputs are never seen by `read_committed` readers, the
@@ -412,6 +468,8 @@ impl Core {
 
     /// Closes the store of a partition this instance no longer owns.
     pub fn close_task(&mut self, partition: i32) {
+        self.metrics.partition_revoked(partition);
+        self.health.partition_revoked(partition);
         if let Some(task) = self.tasks.remove(&partition) {
             if let Err(error) = task.store.close() {
                 warn!(partition, %error, "closing a revoked partition's store failed");

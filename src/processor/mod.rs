@@ -22,12 +22,14 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tracing::{debug, info, warn};
 
+use crate::api::Health;
 use crate::config::{Config, Format};
 use crate::emit::RecordEncoder;
 use crate::engine::codec::CodecError;
 use crate::engine::Engine;
 use crate::ingest::{DecodeError, EventDecoder, FormatError, RegistryClient, RegistryError};
 use crate::kafka::{client_config, Role};
+use crate::metrics::Metrics;
 use crate::state::changelog::{restore_with, RestoreError};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
@@ -65,6 +67,25 @@ pub enum ProcessorError {
     Internal(String),
 }
 
+/// Where the processor reports: metrics and health, shared with the HTTP endpoints.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl Telemetry {
+    /// Fresh metrics (a registry of their own) and health.
+    ///
+    /// Errors: only if a metric is registered twice, a programming error.
+    pub fn new() -> Result<Telemetry, prometheus::Error> {
+        Ok(Telemetry {
+            metrics: Arc::new(Metrics::new()?),
+            health: Arc::new(Health::default()),
+        })
+    }
+}
+
 /// How long the loop waits for a record before it looks at the clock and the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -80,6 +101,7 @@ pub fn run(
     engine: Engine,
     runtime: tokio::runtime::Handle,
     shutdown: &AtomicBool,
+    telemetry: &Telemetry,
 ) -> Result<(), ProcessorError> {
     if config.topics.inputs.len() > 1 {
         return Err(ProcessorError::Unsupported(
@@ -120,9 +142,14 @@ pub fn run(
         views,
         outputs,
         commit_interval,
+        telemetry.metrics.clone(),
+        telemetry.health.clone(),
     )));
     let consumer: BaseConsumer<RebalanceContext> = client_config(config, Role::GroupConsumer)
-        .create_with_context(RebalanceContext { core: core.clone() })?;
+        .create_with_context(RebalanceContext {
+            core: core.clone(),
+            metrics: telemetry.metrics.clone(),
+        })?;
     let inputs: Vec<&str> = t.inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
     let restore_config = client_config(config, Role::AssignedConsumer);
@@ -170,6 +197,7 @@ fn process_until(
     while !shutdown.load(Ordering::Relaxed) {
         // Rebalance callbacks run inside poll, with the core unlocked.
         let message = consumer.poll(POLL);
+        lock(core).health.heartbeat();
         restore_pending(consumer, core, state_dir, restore_config, config)?;
         let mut core = lock(core);
         match message {
@@ -202,8 +230,16 @@ fn restore_pending(
     restore_config: &ClientConfig,
     config: &Config,
 ) -> Result<(), ProcessorError> {
-    let pending = std::mem::take(&mut lock(core).pending);
+    let (pending, metrics, health) = {
+        let mut core = lock(core);
+        (
+            std::mem::take(&mut core.pending),
+            core.metrics.clone(),
+            core.health.clone(),
+        )
+    };
     for (topic, partition) in pending {
+        health.partition_restoring(partition);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, partition);
         // The previous owner's last transaction must be complete before its changelog is
@@ -218,23 +254,20 @@ fn restore_pending(
             &changelog,
             partition,
             &config.state,
-            &mut |p| {
-                debug!(
-                    partition = p.partition,
-                    applied = p.applied,
-                    offset = p.offset,
-                    end = p.end_offset,
-                    "restoring"
-                );
+            &mut |progress| {
+                metrics.restore_progress(&progress);
+                health.heartbeat(); // a long restore is progress, not a hang
             },
-        )?;
-        info!(
+        );
+        metrics.restore_finished(partition, outcome.as_ref());
+        let outcome = outcome?;
+        debug!(
             partition,
             ?opened,
             applied = outcome.applied,
-            wiped = outcome.wiped,
             "partition restored"
         );
+        health.partition_ready(partition);
         lock(core).tasks.insert(
             partition,
             Task {

@@ -10,19 +10,34 @@
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 use tracing::{error, info};
 
 use super::core::Core;
+use crate::metrics::Metrics;
 
 pub(crate) struct RebalanceContext {
     /// A `std::sync::Mutex`: only the processing thread ever takes it, in the loop or in
     /// these callbacks, never across an await; the lock is what hands the core between them.
     pub core: Arc<Mutex<Core>>,
+    pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag per
+    /// partition, computed by librdkafka from its own positions and watermarks.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag(topic, partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
@@ -70,6 +85,9 @@ impl ConsumerContext for RebalanceContext {
             "partitions assigned; restoring their state first"
         );
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, partition) in &assigned {
+            core.health.partition_assigned(*partition);
+        }
         core.pending.extend(assigned);
     }
 }

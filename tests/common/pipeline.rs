@@ -41,6 +41,7 @@ pub fn test_config(test: &str, state_dir: &Path) -> Config {
     config.topics.output_format = Format::Json;
     config.topics.partitions = 3;
     config.state.dir = state_dir.to_path_buf();
+    config.http.listen = "127.0.0.1:0".parse().expect("address");
     config.check().expect("valid test config");
     config
 }
