@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pipeline::{by_order, produce, read_until, simulated, test_config};
+use common::pipeline::{assert_same_changes, produce, read_until, simulated, test_config};
 use order_milestones::engine::{Engine, OrderEvent, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
 use order_milestones::{processor, topics};
@@ -83,16 +83,10 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
     assert!(metric("milestones_transactions_total{outcome=\"committed\"}") >= 1.0);
     assert!(telemetry.health.is_ready(), "every partition restored");
     // Per order, the change records are simulate's, in sequence.
-    let got = by_order(changes.into_iter().map(|(_, v)| v).collect());
-    let want = by_order(expected_records);
-    assert_eq!(got.len(), want.len(), "orders with change records");
-    for (order, records) in &want {
-        assert_eq!(
-            got.get(order),
-            Some(records),
-            "change records of order {order}"
-        );
-    }
+    assert_same_changes(
+        changes.into_iter().map(|(_, v)| v).collect(),
+        expected_records,
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    by_order, produce, produce_raw, read_records_until, read_until, simulated, test_config,
-    write_config,
+    assert_same_changes, produce, produce_raw, read_records_until, read_until, simulated,
+    test_config, write_config,
 };
 use order_milestones::config::Config;
 use order_milestones::engine::{Engine, OrderEvent, Rules};
@@ -112,18 +112,7 @@ fn changes_equal_simulate(config: &Config, expected_records: Vec<Value>) {
     let got = read_until(&config.topics.changes, Duration::from_secs(60), |r| {
         r.len() >= got.len()
     });
-    let (got, want) = (
-        by_order(got.into_iter().map(|(_, v)| v).collect()),
-        by_order(expected_records),
-    );
-    assert_eq!(got.len(), want.len(), "orders with change records");
-    for (order, records) in &want {
-        assert_eq!(
-            got.get(order),
-            Some(records),
-            "change records of order {order}"
-        );
-    }
+    assert_same_changes(got.into_iter().map(|(_, v)| v).collect(), expected_records);
 }
 
 fn spawn_service(config_file: &Path) -> Child {

@@ -379,31 +379,19 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::event::test_event;
     use crate::engine::graph::KeptEncoding;
     use crate::engine::{Engine, Rules};
     use std::sync::Arc;
 
+    /// An event with a customer and an attribute, so that every field is encoded.
     fn event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -> OrderEvent {
-        OrderEvent {
-            event_id: id.into(),
-            order_id: "A".into(),
-            event_type: kind.into(),
-            source: "test".into(),
-            occurred_at: at,
-            line_of_business: "grocery".into(),
-            marketplace: "US".into(),
-            customer_id: Some("C-1".into()),
-            items: items
-                .iter()
-                .map(|(asin, qty)| Item {
-                    asin: (*asin).into(),
-                    qty: *qty,
-                })
-                .collect(),
-            attributes: [("substitute_asin".into(), "B0X".into())]
-                .into_iter()
-                .collect(),
-        }
+        let mut event = test_event(id, kind, at, items);
+        event.customer_id = Some("C-1".into());
+        event
+            .attributes
+            .insert("substitute_asin".into(), "B0X".into());
+        event
     }
 
     fn sample() -> OrderGraph {

@@ -170,6 +170,29 @@ impl OrderEvent {
     }
 }
 
+/// An event of order `A` for unit tests: `kind` at `at`, with `items` as (ASIN, qty).
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -> OrderEvent {
+    OrderEvent {
+        event_id: id.into(),
+        order_id: "A".into(),
+        event_type: kind.into(),
+        source: "test".into(),
+        occurred_at: at,
+        line_of_business: "grocery".into(),
+        marketplace: "US".into(),
+        customer_id: None,
+        items: items
+            .iter()
+            .map(|(asin, qty)| Item {
+                asin: (*asin).into(),
+                qty: *qty,
+            })
+            .collect(),
+        attributes: BTreeMap::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::event::test_event as event;
     use super::*;
 
     /// A model using every condition a rule can state.
@@ -268,27 +269,6 @@ rank = 50
 implies = ["ordered"]
 evidence = [{ event_types = ["Express"], where = { marketplace = "UK", "attributes.speed" = "fast" } }]
 "#;
-
-    fn event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -> OrderEvent {
-        OrderEvent {
-            event_id: id.into(),
-            order_id: "A".into(),
-            event_type: kind.into(),
-            source: "test".into(),
-            occurred_at: at,
-            line_of_business: "grocery".into(),
-            marketplace: "US".into(),
-            customer_id: None,
-            items: items
-                .iter()
-                .map(|(asin, qty)| Item {
-                    asin: (*asin).into(),
-                    qty: *qty,
-                })
-                .collect(),
-            attributes: Default::default(),
-        }
-    }
 
     fn reached(engine: &Engine, events: Vec<OrderEvent>) -> Vec<(String, bool)> {
         let mut graph = OrderGraph::new("A");

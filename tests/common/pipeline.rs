@@ -249,3 +249,17 @@ pub fn by_order(records: Vec<Value>) -> BTreeMap<String, Vec<Value>> {
     }
     map
 }
+
+/// Asserts that the change records read (`got`, any order across orders) are, order by
+/// order, exactly `expected` (simulate's), in sequence.
+pub fn assert_same_changes(got: Vec<Value>, expected: Vec<Value>) {
+    let (got, want) = (by_order(got), by_order(expected));
+    assert_eq!(got.len(), want.len(), "orders with change records");
+    for (order, records) in &want {
+        assert_eq!(
+            got.get(order),
+            Some(records),
+            "change records of order {order}"
+        );
+    }
+}
