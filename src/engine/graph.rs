@@ -124,10 +124,4 @@ impl OrderGraph {
             .min_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)))
             .and_then(|e| e.customer_id.as_deref())
     }
-
-    /// The latest `occurred_at` among the events; used to tell when an order is finished
-    /// long enough to leave state.
-    pub fn last_occurred_at(&self) -> Option<i64> {
-        self.events.iter().map(|e| e.occurred_at).max()
-    }
 }

@@ -43,6 +43,29 @@ pub struct Applied {
     pub duplicate: bool,
     /// An event of the order that occurred later had already arrived.
     pub out_of_order: bool,
+    /// Bit `i` is set when `changes[i]` confirms a placeholder reported earlier, rather than
+    /// reaching its milestone for the first time.
+    confirmations: u64,
+}
+
+impl Applied {
+    /// Whether `changes[index]` confirms a placeholder reported earlier.
+    pub fn is_confirmation(&self, index: usize) -> bool {
+        index < 64 && self.confirmations & (1 << index) != 0
+    }
+}
+
+/// What one settling of an order changed.
+struct Settled {
+    changes: Vec<MilestoneChange>,
+    confirmations: u64,
+}
+
+/// How a milestone changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Reached { inferred: bool },
+    Confirmed,
 }
 
 impl Engine {
@@ -67,6 +90,7 @@ impl Engine {
                 changes: Vec::new(),
                 duplicate: true,
                 out_of_order: false,
+                confirmations: 0,
             };
         }
         let out_of_order = graph
@@ -74,10 +98,12 @@ impl Engine {
             .iter()
             .any(|e| e.occurred_at > event.occurred_at);
         graph.events.push(event);
+        let settled = self.settle(graph);
         Applied {
-            changes: self.settle(graph),
+            changes: settled.changes,
             duplicate: false,
             out_of_order,
+            confirmations: settled.confirmations,
         }
     }
 
@@ -85,7 +111,7 @@ impl Engine {
     /// was added, and returns the changes that causes. With the rules the order was built
     /// with, it changes nothing.
     pub fn reevaluate(&self, graph: &mut OrderGraph) -> Vec<MilestoneChange> {
-        self.settle(graph)
+        self.settle(graph).changes
     }
 
     /// The order view (contract section 3).
@@ -144,9 +170,9 @@ impl Engine {
 
     /// Brings the graph's milestone nodes in line with the evaluation of its events and
     /// returns one record for each milestone newly reached or confirmed.
-    fn settle(&self, graph: &mut OrderGraph) -> Vec<MilestoneChange> {
+    fn settle(&self, graph: &mut OrderGraph) -> Settled {
         let mut eval = evaluate(&self.rules, &graph.events);
-        let mut changed = Vec::new(); // (milestone id, inferred) in rank order
+        let mut changed = Vec::new(); // (milestone id, change) in rank order
         for id in eval.reached.iter() {
             let evidenced = eval.evidenced.contains(id);
             let name = &self.rules.milestones()[id].name;
@@ -169,13 +195,18 @@ impl Engine {
                         reached_at,
                         evidence,
                     });
-                    changed.push((id, !evidenced));
+                    changed.push((
+                        id,
+                        Change::Reached {
+                            inferred: !evidenced,
+                        },
+                    ));
                 }
                 Some(node) if node.inferred && evidenced => {
                     node.inferred = false;
                     node.reached_at = reached_at;
                     node.evidence = evidence;
-                    changed.push((id, false));
+                    changed.push((id, Change::Confirmed));
                 }
                 // Still inferred, or confirmed with (possibly earlier) evidence: refresh the
                 // edges, no record. A confirmed milestone that a rule change no longer
@@ -188,21 +219,21 @@ impl Engine {
             }
         }
         if changed.is_empty() {
-            return Vec::new();
+            return Settled {
+                changes: Vec::new(),
+                confirmations: 0,
+            };
         }
         self.records(graph, &changed)
     }
 
-    fn records(
-        &self,
-        graph: &mut OrderGraph,
-        changed: &[(rules::MilestoneId, bool)],
-    ) -> Vec<MilestoneChange> {
+    fn records(&self, graph: &mut OrderGraph, changed: &[(rules::MilestoneId, Change)]) -> Settled {
         let status = self.status(graph).cloned().unwrap_or_default();
         let customer_id = graph.customer_id().map(CompactString::from);
         let version = CompactString::from(self.rules.version());
         let mut records = Vec::with_capacity(changed.len());
-        for &(id, inferred) in changed {
+        let mut confirmations = 0u64;
+        for &(id, change) in changed {
             let name = &self.rules.milestones()[id].name;
             let Some(node) = graph.milestones.iter().find(|m| m.name == *name) else {
                 continue;
@@ -213,11 +244,14 @@ impl Engine {
                 .map(|&i| graph.events[i as usize].event_id.clone())
                 .collect();
             evidence.sort_unstable();
+            if change == Change::Confirmed {
+                confirmations |= 1 << records.len();
+            }
             records.push(MilestoneChange {
                 order_id: graph.order_id.clone(),
                 sequence: graph.sequence + records.len() as u64 + 1,
                 milestone: name.clone(),
-                inferred,
+                inferred: change == Change::Reached { inferred: true },
                 reached_at: node.reached_at,
                 status: status.clone(),
                 evidence,
@@ -226,7 +260,10 @@ impl Engine {
             });
         }
         graph.sequence += records.len() as u64;
-        records
+        Settled {
+            changes: records,
+            confirmations,
+        }
     }
 }
 

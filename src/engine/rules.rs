@@ -207,10 +207,6 @@ impl Rules {
         self.any_event_implies
     }
 
-    pub fn items(&self) -> &ItemRules {
-        &self.items
-    }
-
     /// What the event says about its items, if anything.
     pub fn item_role(&self, event_type: &str) -> Option<ItemRole> {
         let items = &self.items;
@@ -225,17 +221,6 @@ impl Rules {
         } else {
             None
         }
-    }
-
-    /// Whether some rule names this event type (for counting unknown types).
-    pub fn knows_event_type(&self, event_type: &str) -> bool {
-        self.item_role(event_type).is_some()
-            || self.milestones.iter().any(|m| {
-                m.evidence.iter().any(|r| {
-                    r.event_types.iter().any(|t| t == event_type)
-                        || r.after.as_deref() == Some(event_type)
-                })
-            })
     }
 }
 

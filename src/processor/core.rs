@@ -37,11 +37,11 @@ pub(crate) struct Outputs {
 }
 
 /// Tracks the delivery reports of the transactional producer: the last changelog offset
-/// written per partition (the stores' checkpoints after a commit) and any failure.
+/// written per partition (the stores' checkpoints after a commit). A failed delivery needs
+/// no tracking here: it makes the transaction's commit fail, and the commit aborts.
 pub(crate) struct Deliveries {
     changelog: String,
     last: Mutex<HashMap<i32, i64>>,
-    failure: Mutex<Option<KafkaError>>,
 }
 
 impl Deliveries {
@@ -49,7 +49,6 @@ impl Deliveries {
         Deliveries {
             changelog,
             last: Mutex::new(HashMap::new()),
-            failure: Mutex::new(None),
         }
     }
 }
@@ -66,17 +65,14 @@ impl ProducerContext for Deliveries {
                 let entry = last.entry(message.partition()).or_insert(-1);
                 *entry = (*entry).max(message.offset());
             }
-            Ok(_) => {}
-            Err((error, _)) => {
-                lock(&self.failure).get_or_insert_with(|| error.clone());
-            }
+            Ok(_) | Err(_) => {}
         }
     }
 }
 
-/// A `std::sync::Mutex` guard that survives poisoning: what it guards (offsets, a first
-/// error) stays meaningful if a thread panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A `std::sync::Mutex` guard that survives poisoning: what the processor guards (the
+/// core between polls, delivered offsets) stays meaningful if a thread panicked holding it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -226,13 +222,6 @@ impl Core {
                         e.insert(graph)
                     }
                 };
-                // The placeholders before the event tell a confirmation from a first reach.
-                let placeholders: Vec<CompactString> = graph
-                    .milestones()
-                    .iter()
-                    .filter(|m| m.inferred)
-                    .map(|m| m.name.clone())
-                    .collect();
                 let applied = engine.apply(graph, event);
                 if applied.duplicate {
                     metrics.duplicate_event();
@@ -240,8 +229,8 @@ impl Core {
                 if applied.out_of_order {
                     metrics.out_of_order_event();
                 }
-                for change in &applied.changes {
-                    if !change.inferred && placeholders.contains(&change.milestone) {
+                for (index, change) in applied.changes.iter().enumerate() {
+                    if applied.is_confirmation(index) {
                         metrics.placeholder_confirmed();
                     } else {
                         metrics.milestone_reached(&change.milestone, change.inferred);

@@ -12,7 +12,7 @@ mod rebalance;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -34,7 +34,7 @@ use crate::state::changelog::{restore_with, RestoreError};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{Core, Deliveries, Outputs, Task, TXN_TIMEOUT};
+use self::core::{lock, Core, Deliveries, Outputs, Task, TXN_TIMEOUT};
 use self::rebalance::RebalanceContext;
 
 /// Why the processor stopped.
@@ -182,10 +182,6 @@ pub fn run(
     result
 }
 
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn process_until(
     consumer: &BaseConsumer<RebalanceContext>,
     core: &Mutex<Core>,
@@ -197,9 +193,9 @@ fn process_until(
     while !shutdown.load(Ordering::Relaxed) {
         // Rebalance callbacks run inside poll, with the core unlocked.
         let message = consumer.poll(POLL);
-        lock(core).health.heartbeat();
         restore_pending(consumer, core, state_dir, restore_config, config)?;
         let mut core = lock(core);
+        core.health.heartbeat();
         match message {
             None => {}
             Some(Err(error)) => warn!(%error, "consumer error"),

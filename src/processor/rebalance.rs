@@ -15,7 +15,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 use tracing::{error, info};
 
-use super::core::Core;
+use super::core::{lock, Core};
 use crate::metrics::Metrics;
 
 pub(crate) struct RebalanceContext {
@@ -52,7 +52,7 @@ impl ConsumerContext for RebalanceContext {
             return;
         };
         let revoked = partitions(tpl);
-        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = lock(&self.core);
         match core.commit(consumer) {
             Ok(outcome) => info!(
                 ?revoked,
@@ -84,7 +84,7 @@ impl ConsumerContext for RebalanceContext {
             ?assigned,
             "partitions assigned; restoring their state first"
         );
-        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = lock(&self.core);
         for (_, partition) in &assigned {
             core.health.partition_assigned(*partition);
         }
