@@ -16,6 +16,7 @@ use common::pipeline::{
     assert_same_changes, produce, produce_raw, read_records_until, read_until, simulated,
     test_config, write_config,
 };
+use order_milestones::api::PartitionState;
 use order_milestones::config::Config;
 use order_milestones::engine::{Engine, OrderEvent, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
@@ -378,6 +379,22 @@ fn a_second_instance_joining_and_leaving_mid_stream() {
     let a = start(&first, &runtime);
     std::thread::sleep(Duration::from_secs(1));
     let b = start(&second, &runtime);
+    // The late half goes out once the second instance holds a restored partition, so that
+    // part of it is the second instance's to process.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !b
+        .telemetry
+        .health
+        .partitions()
+        .iter()
+        .any(|(_, state)| *state == PartitionState::Ready)
+    {
+        assert!(
+            Instant::now() < until,
+            "the second instance never got a partition"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     produce(&first, late);
     std::thread::sleep(Duration::from_secs(3));
     let b_events = b.events_in();
