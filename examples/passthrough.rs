@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // The service's consumer default (src/kafka.rs): no 1 s fetch backoff after a burst.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -79,6 +81,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let metadata = consumer.group_metadata().ok_or("no group metadata")?;
             producer.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)?;
+            // As the service does (processor::core::flush): deliver everything in 1 ms
+            // polls first, or rdkafka's flush inside commit_transaction waits 100 ms.
+            while producer.in_flight_count() > 0 {
+                producer.poll(Duration::from_millis(1));
+            }
             producer.commit_transaction(TIMEOUT)?;
             committed = forwarded;
             txn_started = None;

@@ -78,13 +78,13 @@ pub struct KafkaConfig {
     /// librdkafka properties passed unchanged to every client: SASL, SSL, timeouts...
     /// (`"security.protocol" = "SASL_SSL"`). From the environment, write dots as
     /// underscores: `MILESTONES__KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "property_values")]
     pub properties: BTreeMap<String, String>,
     /// Properties for the consumers only, over `properties`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "property_values")]
     pub consumer: BTreeMap<String, String>,
     /// Properties for the producer only, over `properties`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "property_values")]
     pub producer: BTreeMap<String, String>,
 }
 
@@ -258,6 +258,54 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// An environment variable cannot hold a dot in its name, so below `kafka.properties`,
+/// `kafka.consumer` and `kafka.producer` an underscore in a variable's name stands for a dot
+/// of the librdkafka property: `..._PRODUCER__LINGER_MS` sets `linger.ms`. (A file writes the
+/// property as librdkafka spells it, `"linger.ms" = 5`, underscores included: `log_level`.)
+///
+/// A dot in a figment key would nest, so here the underscores become [`ENV_DOT`], and
+/// [`Config::load`] turns those into dots once the maps are extracted.
+fn env_property_key(key: &str) -> String {
+    for map in ["kafka.properties.", "kafka.consumer.", "kafka.producer."] {
+        if let Some(property) = key.strip_prefix(map) {
+            return format!("{map}{}", property.replace('_', ENV_DOT));
+        }
+    }
+    key.to_owned()
+}
+
+/// Stands for a dot in a property name from the environment; no librdkafka property has one.
+const ENV_DOT: &str = "-";
+
+/// A librdkafka property value: written as a string, or as a number or boolean (which is
+/// how an environment variable such as `..._LINGER_MS=5` arrives).
+fn property_values<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Scalar::Text(text) => text,
+                Scalar::Integer(n) => n.to_string(),
+                Scalar::Float(x) => x.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (key, value)
+        })
+        .collect())
+}
+
 impl Config {
     /// Defaults, then `file` if given, then `MILESTONES__...` variables; then checks the
     /// result. Errors name the file or the fields that are wrong.
@@ -269,7 +317,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("MILESTONES__").split("__"));
+        figment = figment.merge(
+            Env::prefixed("MILESTONES__")
+                .split("__")
+                .map(|key| env_property_key(&key.as_str().to_ascii_lowercase()).into()),
+        );
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
@@ -280,7 +332,7 @@ impl Config {
         ] {
             *map = std::mem::take(map)
                 .into_iter()
-                .map(|(k, v)| (k.replace('_', "."), v))
+                .map(|(key, value)| (key.replace(ENV_DOT, "."), value))
                 .collect();
         }
         config.check()?;
@@ -423,6 +475,7 @@ mod tests {
                 bootstrap_servers = "file:9092"
                 [kafka.properties]
                 "security.protocol" = "SASL_SSL"
+                log_level = 6
                 [topics]
                 inputs = ["a", "b"]
                 input_format = "json"
@@ -431,11 +484,18 @@ mod tests {
             jail.set_env("MILESTONES__KAFKA__BOOTSTRAP_SERVERS", "env:9092");
             jail.set_env("MILESTONES__KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN");
             jail.set_env("MILESTONES__PROCESSING__COMMIT_INTERVAL_MS", "250");
+            // A number and a boolean from the environment are property values too.
+            jail.set_env("MILESTONES__KAFKA__PRODUCER__LINGER_MS", "5");
+            jail.set_env("MILESTONES__KAFKA__CONSUMER__CHECK_CRCS", "true");
             let config = Config::load(Some(Path::new("m.toml"))).unwrap();
+            assert_eq!(config.kafka.producer["linger.ms"], "5");
+            assert_eq!(config.kafka.consumer["check.crcs"], "true");
             assert_eq!(config.application.id, "from-file");
             assert_eq!(config.kafka.bootstrap_servers, "env:9092");
             assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
             assert_eq!(config.kafka.properties["sasl.mechanism"], "PLAIN");
+            // From a file a name is used as written: librdkafka's own `log_level` has one.
+            assert_eq!(config.kafka.properties["log_level"], "6");
             assert_eq!(config.topics.inputs, ["a", "b"]);
             assert_eq!(config.topics.input_format, Format::Json);
             assert_eq!(config.topics.output_format, Format::Avro); // untouched default

@@ -35,6 +35,16 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
         client.set(key, value);
     }
     let consumer = |client: &mut ClientConfig| {
+        // Defaults the configuration may override. librdkafka postpones the next fetch by
+        // fetch.queue.backoff.ms (1 s) once its prefetch queue is over its thresholds; a
+        // processor that drains the queue in one burst then stalls for most of that second
+        // with nothing to do (measured: every third transaction waited ~550 ms). 10 ms keeps
+        // the prefetch just behind the processor.
+        client.set("fetch.queue.backoff.ms", "10");
+        // `properties` again, so that they win over the defaults above.
+        for (key, value) in &config.kafka.properties {
+            client.set(key, value);
+        }
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }

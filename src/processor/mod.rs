@@ -195,7 +195,7 @@ fn process_until(
         let message = consumer.poll(POLL);
         restore_pending(consumer, core, state_dir, restore_config, config)?;
         let mut core = lock(core);
-        core.health.heartbeat();
+        let after_record = message.is_some();
         match message {
             None => {}
             Some(Err(error)) => warn!(%error, "consumer error"),
@@ -211,7 +211,7 @@ fn process_until(
                 Err(error) => return Err(error),
             },
         }
-        if core.commit_due() {
+        if core.commit_due(after_record) {
             core.commit(consumer)?;
         }
     }
