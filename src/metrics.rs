@@ -38,7 +38,6 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::ingest::DecodeError;
 use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
 
 // Metric names. Counters end in `_total`, durations in `_seconds` (Prometheus conventions).
@@ -49,6 +48,7 @@ pub const PLACEHOLDERS_INFERRED: &str = "milestones_placeholders_inferred_total"
 pub const PLACEHOLDERS_CONFIRMED: &str = "milestones_placeholders_confirmed_total";
 pub const MILESTONES_REACHED: &str = "milestones_reached_total";
 pub const DEAD_LETTERS: &str = "milestones_dead_letters_total";
+pub const ORDERS_EXPIRED: &str = "milestones_orders_expired_total";
 pub const TRANSACTION_COMMIT_SECONDS: &str = "milestones_transaction_commit_seconds";
 pub const TRANSACTIONS: &str = "milestones_transactions_total";
 pub const OCCURRED_TO_COMMIT_SECONDS: &str = "milestones_occurred_to_commit_seconds";
@@ -110,6 +110,7 @@ pub struct Metrics {
     placeholders_confirmed: IntCounter,
     milestones_reached: IntCounterVec,
     dead_letters: IntCounterVec,
+    orders_expired: IntCounter,
     transaction_commit_seconds: Histogram,
     transactions: IntCounterVec,
     occurred_to_commit_seconds: Histogram,
@@ -192,6 +193,14 @@ impl Metrics {
                         "Input records sent to the dead-letter topic, by error class.",
                     ),
                     &[LABEL_CLASS],
+                )?,
+            )?,
+            orders_expired: register(
+                r,
+                IntCounter::new(
+                    ORDERS_EXPIRED,
+                    "Finished orders removed from state after their retention (a changelog \
+                     tombstone each).",
                 )?,
             )?,
             transaction_commit_seconds: register(
@@ -391,11 +400,23 @@ impl Metrics {
     }
 
     /// The input record at `topic`/`partition`/`offset` was sent to the dead-letter topic
-    /// because of `error`; counted by [`DecodeError::class`], and logged.
-    pub fn dead_letter(&self, topic: &str, partition: i32, offset: i64, error: &DecodeError) {
-        let class = error.class();
+    /// because of `error`; counted by `class` (a [`DecodeError::class`], or `expired_order`),
+    /// and logged.
+    pub fn dead_letter(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        class: &str,
+        error: &dyn Display,
+    ) {
         self.dead_letters.with_label_values(&[class]).inc();
         tracing::warn!(%error, class, topic, partition, offset, "record dead-lettered");
+    }
+
+    /// `count` finished orders left state (retention).
+    pub fn orders_expired(&self, count: usize) {
+        self.orders_expired.inc_by(count as u64);
     }
 
     /// A transaction committed; `commit_time` is how long the commit call took.
@@ -564,6 +585,7 @@ fn saturating_i64(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::DecodeError;
 
     /// The sample lines of `name` (no `# HELP`/`# TYPE`), as exported.
     fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
@@ -602,7 +624,9 @@ mod tests {
         m.milestone_reached("ordered", true);
         m.milestone_reached("ready", false);
         m.placeholder_confirmed();
-        m.dead_letter("order-events", 3, 42, &DecodeError::MissingValue);
+        let missing = DecodeError::MissingValue;
+        m.dead_letter("order-events", 3, 42, missing.class(), &missing);
+        m.orders_expired(2);
         m.transaction_committed(Duration::from_millis(7));
         m.transaction_aborted(&"fenced");
         m.event_committed(1_000, Some(1_500), 2_000);
@@ -619,6 +643,7 @@ mod tests {
             r#"milestones_reached_total{inferred="true",milestone="ordered"} 1"#,
             r#"milestones_reached_total{inferred="false",milestone="ready"} 1"#,
             r#"milestones_dead_letters_total{class="missing_value"} 1"#,
+            "milestones_orders_expired_total 2",
             r#"milestones_transactions_total{outcome="committed"} 1"#,
             r#"milestones_transactions_total{outcome="aborted"} 1"#,
             r#"milestones_transaction_commit_seconds_bucket{le="0.005"} 0"#,

@@ -406,3 +406,138 @@ fn a_second_instance_joining_and_leaving_mid_stream() {
     a.stop();
     changes_equal_simulate(&first, expected_records);
 }
+
+/// An event of order `order`, `minutes` after an hour-aligned start.
+fn timed_event(id: &str, order: &str, kind: &str, minutes: i64) -> OrderEvent {
+    let items = if kind == "OrderCreated" {
+        serde_json::json!([{"asin": "B1", "qty": 1}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::from_value(serde_json::json!({
+        "event_id": id, "order_id": order, "event_type": kind, "source": "test",
+        "occurred_at": 1_800_000_000_000i64 + minutes * 60_000, "items": items,
+    }))
+    .expect("event")
+}
+
+/// Finished orders leave state once the partition's stream time is more than the retention
+/// past their last event, with a tombstone in the changelog; late events for such orders
+/// (or for unknown orders that old) go to the dead-letter topic, decided by stream time
+/// alone; unfinished orders stay however old; the stream time survives the loss of the
+/// local state.
+#[test]
+fn finished_orders_leave_state_after_their_retention() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config("retention", &dir.path().join("state"));
+    config.topics.partitions = 1; // one stream time for every order of the test
+    config.state.finished_retention_ms = 3_600_000; // an hour of stream time
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let (a, b, d, u) = ("RA", "RB", "RD", "RU");
+    produce(
+        &config,
+        &[
+            timed_event("a1", a, "OrderCreated", 0),
+            timed_event("a2", a, "Delivered", 10), // A finished at 0:10
+            timed_event("b1", b, "OrderCreated", 5), // B never finishes
+            timed_event("d1", d, "OrderCreated", 180), // stream time 3:00: horizon 2:00
+            timed_event("a3", a, "ItemPicked", 20), // late, A finished before the horizon
+            timed_event("b2", b, "OrderPacked", 30), // late, but B is live: applied
+            timed_event("u1", u, "OrderCreated", 60), // late, and U is unknown
+        ],
+    );
+    let processor = start(&config, &runtime);
+    let dead_letters = |n: usize| {
+        read_records_until(&config.dead_letter_topic(), Duration::from_secs(60), |r| {
+            r.len() >= n
+        })
+    };
+    let dead = dead_letters(2);
+    let mut dead_ids: Vec<&str> = dead
+        .iter()
+        .map(|r| r.value["event_id"].as_str().unwrap())
+        .collect();
+    dead_ids.sort();
+    assert_eq!(dead_ids, ["a3", "u1"]);
+    for record in &dead {
+        assert_eq!(record.headers["error.class"], "expired_order");
+        assert!(record.headers["error.message"].contains("state.finished_retention_ms"));
+    }
+    let ready_of_b = |records: &[(String, Value)]| {
+        records
+            .iter()
+            .any(|(k, v)| k == b && v["milestone"] == "ready" && v["inferred"] == false)
+    };
+    read_until(&config.topics.changes, Duration::from_secs(60), ready_of_b);
+
+    // A was changed in the transaction that saw the horizon pass it, so a later one sweeps
+    // it: another event opens one.
+    produce(&config, &[timed_event("d2", d, "OrderProcessing", 181)]);
+    let changelog = config.changelog_topic();
+    read_records_until(&changelog, Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .any(|r| r.key.as_deref() == Some(a) && r.raw.is_none())
+    });
+    let expired = processor
+        .telemetry
+        .metrics
+        .encode_text()
+        .lines()
+        .find(|l| l.starts_with("milestones_orders_expired_total "))
+        .map(str::to_owned);
+    assert_eq!(
+        expired.as_deref(),
+        Some("milestones_orders_expired_total 1")
+    );
+    processor.stop();
+    // Nothing but A was removed: no tombstone for B or D. (Read up to A's tombstone, at a
+    // moment the reader is caught up: the processor is stopped, nothing comes after.)
+    let records = read_records_until(&changelog, Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r.key.as_deref() == Some(a) && r.raw.is_none())
+    });
+    let tombstones: Vec<_> = records
+        .iter()
+        .filter(|r| r.raw.is_none())
+        .map(|r| r.key.clone())
+        .collect();
+    assert_eq!(tombstones, [Some(a.to_string())]);
+
+    // Local state gone: restored from the changelog, stream time included, so another late
+    // event of A is refused again and one of B is applied.
+    std::fs::remove_dir_all(dir.path().join("state")).expect("delete state");
+    produce(
+        &config,
+        &[
+            timed_event("a4", a, "OrderPacked", 25),
+            timed_event("b3", b, "OutForDelivery", 40),
+        ],
+    );
+    let processor = start(&config, &runtime);
+    let dead = dead_letters(3);
+    assert_eq!(dead[2].value["event_id"], "a4");
+    let out_for_delivery_of_b = |records: &[(String, Value)]| {
+        records
+            .iter()
+            .any(|(k, v)| k == b && v["milestone"] == "out_for_delivery")
+    };
+    read_until(
+        &config.topics.changes,
+        Duration::from_secs(60),
+        out_for_delivery_of_b,
+    );
+    processor.stop();
+    let changes = read_until(
+        &config.topics.changes,
+        Duration::from_secs(30),
+        out_for_delivery_of_b,
+    );
+    assert!(
+        changes.iter().all(|(k, _)| k != u),
+        "the unknown late order U got change records"
+    );
+}

@@ -58,7 +58,7 @@ fn model(n: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
 fn contents(store: &RocksStore) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut map = BTreeMap::new();
     store
-        .scan(&mut |k, v| {
+        .scan(&[], &mut |k, v| {
             map.insert(k.to_vec(), v.to_vec());
             true
         })

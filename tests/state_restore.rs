@@ -139,7 +139,7 @@ fn expected(committed: &[&Txn]) -> Map {
 fn contents(store: &dyn PartitionStore) -> Map {
     let mut map = Map::new();
     store
-        .scan(&mut |k, v| {
+        .scan(&[], &mut |k, v| {
             map.insert(k.to_vec(), v.to_vec());
             true
         })

@@ -107,6 +107,11 @@ impl OrderGraph {
         self.duplicates
     }
 
+    /// When the order's latest event occurred (epoch ms); None before any event.
+    pub fn last_occurred_at(&self) -> Option<i64> {
+        self.events.iter().map(|e| e.occurred_at).max()
+    }
+
     pub fn contains_event(&self, event_id: &str) -> bool {
         self.events.iter().any(|e| e.event_id == event_id)
     }

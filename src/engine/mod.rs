@@ -154,6 +154,19 @@ impl Engine {
             .map(|(_, node)| &node.name)
     }
 
+    /// When a finished order (one whose status is a `final` milestone, such as delivered or
+    /// cancelled) had its last event (epoch ms); None while the order is not finished.
+    /// What state retention measures from.
+    pub fn finished_at(&self, graph: &OrderGraph) -> Option<i64> {
+        let status = self.status(graph)?;
+        let id = self.rules.milestone_id(status)?;
+        if self.rules.milestones()[id].is_final {
+            graph.last_occurred_at()
+        } else {
+            None
+        }
+    }
+
     /// The graph's milestone nodes that the rules know, in rank order.
     fn known_nodes<'g>(
         &self,
@@ -270,6 +283,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::event::test_event as event;
+    use super::rules::BUILTIN_RULES;
     use super::*;
 
     /// A model using every condition a rule can state.
@@ -377,5 +391,30 @@ evidence = [{ event_types = ["Express"], where = { marketplace = "UK", "attribut
         assert!(!has(&reached(&engine, vec![express.clone()]), "uk_express"));
         express.attributes.insert("speed".into(), "fast".into());
         assert!(has(&reached(&engine, vec![express]), "uk_express"));
+    }
+
+    #[test]
+    fn an_order_is_finished_from_its_last_event_once_its_status_is_final() {
+        let engine = Engine::new(Arc::new(Rules::builtin().unwrap()));
+        let mut graph = OrderGraph::new("A");
+        assert_eq!(engine.finished_at(&graph), None);
+        engine.apply(&mut graph, event("c", "OrderCreated", 100, &[("x", 1)]));
+        engine.apply(&mut graph, event("o", "OutForDelivery", 300, &[]));
+        assert_eq!(engine.finished_at(&graph), None, "not final yet");
+        engine.apply(&mut graph, event("d", "Delivered", 400, &[]));
+        assert_eq!(engine.finished_at(&graph), Some(400));
+        // A late event that occurred later still moves the finish time.
+        engine.apply(&mut graph, event("p", "OrderPacked", 450, &[]));
+        assert_eq!(engine.finished_at(&graph), Some(450));
+
+        let mut cancelled = OrderGraph::new("B");
+        engine.apply(&mut cancelled, event("x", "OrderCancelled", 50, &[]));
+        assert_eq!(engine.finished_at(&cancelled), Some(50));
+
+        // Finality is the rules' word: the same events under rules without `final` never
+        // finish.
+        let rules = BUILTIN_RULES.replace("final = true", "");
+        let engine = Engine::new(Arc::new(Rules::parse(&rules, "no-final").unwrap()));
+        assert_eq!(engine.finished_at(&graph), None);
     }
 }

@@ -102,6 +102,9 @@ pub struct Milestone {
     pub implies: MilestoneSet,
     /// Any one rule that holds evidences the milestone.
     pub evidence: Vec<EvidenceRule>,
+    /// An order whose status is this milestone is finished: nothing more is expected of
+    /// it, and it leaves the service's state after `state.finished_retention_ms`.
+    pub is_final: bool,
 }
 
 /// Conditions that, all together, make the matching events evidence a milestone.
@@ -365,6 +368,8 @@ struct RawMilestone {
     implies: Vec<Spanned<String>>,
     #[serde(default)]
     evidence: Vec<Spanned<RawEvidence>>,
+    #[serde(rename = "final", default)]
+    is_final: bool,
 }
 
 #[derive(Deserialize)]
@@ -533,6 +538,7 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
             rank: *m.rank.get_ref() as u32, // range checked above
             implies: closure[id],
             evidence,
+            is_final: m.is_final,
         });
     }
 

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 
 use crate::api::Health;
 use crate::emit::RecordEncoder;
-use crate::engine::{codec, Engine, OrderGraph};
-use crate::ingest::{DecodeError, EventDecoder};
+use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
+use crate::ingest::EventDecoder;
 use crate::metrics::Metrics;
 use crate::state::{PartitionStore, RocksStore, StoreBatch};
 
@@ -81,6 +81,15 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Where a partition's stream time is kept, in its store and its changelog: not valid
+/// UTF-8, so never an order id.
+pub(crate) const STREAM_TIME_KEY: &[u8] = b"\xffstream-time";
+
+/// How many stored orders the retention sweep looks at per partition per transaction: a
+/// full pass over a store of N orders takes N / this many transactions, at a cost of about
+/// a millisecond per transaction.
+const SWEEP_PER_TXN: usize = 200;
+
 /// One assigned input partition.
 pub(crate) struct Task {
     pub store: RocksStore,
@@ -88,6 +97,83 @@ pub(crate) struct Task {
     /// only after the transaction commits, so that the store never holds what an aborted
     /// transaction did.
     pub dirty: HashMap<CompactString, OrderGraph>,
+    /// The partition's stream time: the latest `occurred_at` among the events it processed
+    /// (epoch ms). Retention is measured against it, not against the wall clock, so a replay
+    /// of old input decides exactly as the first run did. Kept in the store and the
+    /// changelog under [`STREAM_TIME_KEY`], so it survives restarts and moves.
+    pub stream_time: i64,
+    /// The stream time as of the last commit: where an abort rewinds it to.
+    committed_stream_time: i64,
+    /// Where the next retention sweep goes on from (the store wraps around to the start).
+    sweep_from: Vec<u8>,
+}
+
+impl Task {
+    /// A restored partition's task, with the stream time its store holds.
+    pub fn new(store: RocksStore) -> Result<Task, ProcessorError> {
+        let stream_time = match store.get(STREAM_TIME_KEY)? {
+            Some(bytes) => decode_stream_time(&bytes).ok_or_else(|| {
+                ProcessorError::Internal(format!(
+                    "the stream time in store {} is not 8 bytes: {bytes:?}",
+                    store.path().display()
+                ))
+            })?,
+            None => i64::MIN,
+        };
+        Ok(Task {
+            store,
+            dirty: HashMap::new(),
+            stream_time,
+            committed_stream_time: stream_time,
+            sweep_from: Vec::new(),
+        })
+    }
+}
+
+/// The dead-letter class of an event for an order retention removed.
+pub(crate) const EXPIRED_ORDER: &str = "expired_order";
+
+/// An event that occurred more than the retention before its partition's stream time, for an
+/// order that is not in state or is finished since before that: retention removed the order,
+/// or may have by now, so the event cannot be applied to it. It goes to the dead-letter
+/// topic. Deciding by stream time alone, never by whether the sweep has got to the order
+/// yet, gives the same answer in every run over the same input.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "event {event_id} of order {order_id} occurred at {occurred_at}, more than \
+     state.finished_retention_ms ({retention_ms} ms) before the partition's stream time \
+     {stream_time}, and the order is finished or unknown: finished orders leave state after \
+     that retention"
+)]
+pub(crate) struct ExpiredOrder {
+    event_id: CompactString,
+    order_id: CompactString,
+    occurred_at: i64,
+    stream_time: i64,
+    retention_ms: i64,
+}
+
+impl ExpiredOrder {
+    fn new(event: &OrderEvent, stream_time: i64, settings: &Settings) -> ExpiredOrder {
+        ExpiredOrder {
+            event_id: event.event_id.clone(),
+            order_id: event.order_id.clone(),
+            occurred_at: event.occurred_at,
+            stream_time,
+            retention_ms: settings.finished_retention_ms,
+        }
+    }
+}
+
+fn decode_stream_time(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Processing settings of the core, from the configuration.
+pub(crate) struct Settings {
+    pub commit_interval: Duration,
+    /// How long a finished order stays in state after its last event, in stream time (ms).
+    pub finished_retention_ms: i64,
 }
 
 /// The open transaction.
@@ -120,7 +206,7 @@ pub(crate) struct Core {
     pub tasks: BTreeMap<i32, Task>,
     /// Partitions assigned by the last rebalance and paused until their store is restored.
     pub pending: Vec<(String, i32)>,
-    pub commit_interval: Duration,
+    pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     txn: Option<Txn>,
@@ -139,7 +225,7 @@ impl Core {
         changes: RecordEncoder,
         views: RecordEncoder,
         outputs: Outputs,
-        commit_interval: Duration,
+        settings: Settings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Core {
@@ -150,9 +236,9 @@ impl Core {
             changes,
             views,
             outputs,
+            settings,
             tasks: BTreeMap::new(),
             pending: Vec::new(),
-            commit_interval,
             metrics,
             health,
             txn: None,
@@ -176,7 +262,7 @@ impl Core {
         self.health.heartbeat(); // reads the clock as well
         self.txn
             .as_ref()
-            .is_some_and(|t| t.started.elapsed() >= self.commit_interval)
+            .is_some_and(|t| t.started.elapsed() >= self.settings.commit_interval)
     }
 
     /// Processes one input record inside the open transaction (opening one if needed).
@@ -204,63 +290,15 @@ impl Core {
                 }
                 return Err(ProcessorError::Registry(error));
             }
-            Err(error) => self.dead_letter(message, &error)?,
+            Err(error) => self.dead_letter(message, error.class(), &error)?,
             Ok(event) => {
                 self.metrics.event_in(topic, &event.event_type);
                 if let Some(txn) = &mut self.txn {
                     txn.times
                         .push((event.occurred_at, message.timestamp().to_millis()));
                 }
-                let Core {
-                    engine,
-                    producer,
-                    changes,
-                    outputs,
-                    tasks,
-                    buffer,
-                    metrics,
-                    ..
-                } = self;
-                let task = tasks.get_mut(&partition).ok_or_else(|| {
-                    ProcessorError::Internal(format!("task {partition} vanished"))
-                })?;
-                let graph = match task.dirty.entry(event.order_id.clone()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let graph = match task.store.get(event.order_id.as_bytes())? {
-                            Some(bytes) => codec::decode(&bytes).map_err(|error| {
-                                ProcessorError::CorruptState {
-                                    partition,
-                                    order_id: event.order_id.to_string(),
-                                    error,
-                                }
-                            })?,
-                            None => OrderGraph::new(event.order_id.clone()),
-                        };
-                        e.insert(graph)
-                    }
-                };
-                let applied = engine.apply(graph, event);
-                if applied.duplicate {
-                    metrics.duplicate_event();
-                }
-                if applied.out_of_order {
-                    metrics.out_of_order_event();
-                }
-                for (index, change) in applied.changes.iter().enumerate() {
-                    if applied.is_confirmation(index) {
-                        metrics.placeholder_confirmed();
-                    } else {
-                        metrics.milestone_reached(&change.milestone, change.inferred);
-                    }
-                    buffer.clear();
-                    changes.encode_change(change, buffer)?;
-                    send(
-                        producer,
-                        BaseRecord::to(&outputs.changes)
-                            .key(change.order_id.as_bytes())
-                            .payload(buffer.as_slice()),
-                    )?;
+                if let Some(expired) = self.apply(partition, event)? {
+                    self.dead_letter(message, EXPIRED_ORDER, &expired)?;
                 }
             }
         }
@@ -273,11 +311,94 @@ impl Core {
         Ok(())
     }
 
+    /// Applies `event` to its order's graph and produces the change records. Returns why
+    /// not when the event is for an order that retention removed (or would have removed) from
+    /// state: see [`ExpiredOrder`].
+    fn apply(
+        &mut self,
+        partition: i32,
+        event: OrderEvent,
+    ) -> Result<Option<ExpiredOrder>, ProcessorError> {
+        let Core {
+            engine,
+            producer,
+            changes,
+            outputs,
+            tasks,
+            buffer,
+            metrics,
+            settings,
+            ..
+        } = self;
+        let task = tasks
+            .get_mut(&partition)
+            .ok_or_else(|| ProcessorError::Internal(format!("task {partition} vanished")))?;
+        // Older than this and finished (or absent): the order is, or may by now be, gone.
+        let horizon = task
+            .stream_time
+            .saturating_sub(settings.finished_retention_ms);
+        let late = event.occurred_at < horizon;
+        let expired = |graph: Option<&OrderGraph>| {
+            late && graph.is_none_or(|g| engine.finished_at(g).is_some_and(|at| at < horizon))
+        };
+        if !task.dirty.contains_key(&event.order_id) {
+            let stored =
+                match task.store.get(event.order_id.as_bytes())? {
+                    Some(bytes) => Some(codec::decode(&bytes).map_err(|error| {
+                        ProcessorError::CorruptState {
+                            partition,
+                            order_id: event.order_id.to_string(),
+                            error,
+                        }
+                    })?),
+                    None => None,
+                };
+            if expired(stored.as_ref()) {
+                return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
+            }
+            let graph = stored.unwrap_or_else(|| OrderGraph::new(event.order_id.clone()));
+            task.dirty.insert(event.order_id.clone(), graph);
+        }
+        let Some(graph) = task.dirty.get_mut(&event.order_id) else {
+            return Err(ProcessorError::Internal(
+                "a graph just inserted is gone".into(),
+            ));
+        };
+        if expired(Some(graph)) {
+            return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
+        }
+        task.stream_time = task.stream_time.max(event.occurred_at);
+        let applied = engine.apply(graph, event);
+        if applied.duplicate {
+            metrics.duplicate_event();
+        }
+        if applied.out_of_order {
+            metrics.out_of_order_event();
+        }
+        for (index, change) in applied.changes.iter().enumerate() {
+            if applied.is_confirmation(index) {
+                metrics.placeholder_confirmed();
+            } else {
+                metrics.milestone_reached(&change.milestone, change.inferred);
+            }
+            buffer.clear();
+            changes.encode_change(change, buffer)?;
+            send(
+                producer,
+                BaseRecord::to(&outputs.changes)
+                    .key(change.order_id.as_bytes())
+                    .payload(buffer.as_slice()),
+            )?;
+        }
+        Ok(None)
+    }
+
     /// The record unchanged to the dead-letter topic, with why and where it came from.
     fn dead_letter(
         &mut self,
         message: &BorrowedMessage<'_>,
-        error: &DecodeError,
+        class: &str,
+        error: &dyn std::fmt::Display,
     ) -> Result<(), ProcessorError> {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
@@ -285,7 +406,7 @@ impl Core {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "error.class",
-                value: Some(error.class()),
+                value: Some(class),
             })
             .insert(Header {
                 key: "error.message",
@@ -315,6 +436,7 @@ impl Core {
             message.topic(),
             message.partition(),
             message.offset(),
+            class,
             error,
         );
         send(&self.producer, record)
@@ -396,6 +518,7 @@ impl Core {
                     task.store.write(batch)?;
                 }
                 task.dirty.clear();
+                task.committed_stream_time = task.stream_time;
                 self.metrics
                     .state_size(partition, task.store.approximate_bytes(), None);
             }
@@ -403,8 +526,10 @@ impl Core {
         Ok(())
     }
 
-    /// Produces the changelog record and the view of every order the transaction changed;
-    /// returns the store batches to write once it commits.
+    /// Produces the changelog record and the view of every order the transaction changed,
+    /// the tombstones of the finished orders whose retention is over (a sweep over part of
+    /// each store) and each partition's stream time; returns the store batches to write once
+    /// the transaction commits.
     fn send_state_and_views(&mut self) -> Result<Vec<(i32, StoreBatch)>, ProcessorError> {
         let Core {
             engine,
@@ -413,10 +538,12 @@ impl Core {
             outputs,
             tasks,
             buffer,
+            settings,
+            metrics,
             ..
         } = self;
         let mut writes: Vec<(i32, StoreBatch)> = Vec::with_capacity(tasks.len());
-        for (&partition, task) in tasks.iter() {
+        for (&partition, task) in tasks.iter_mut() {
             let mut batch = StoreBatch {
                 puts: Vec::with_capacity(task.dirty.len()),
                 checkpoint: None,
@@ -440,6 +567,32 @@ impl Core {
                 )?;
                 batch.put(order_id.as_bytes(), state);
             }
+            let horizon = task
+                .stream_time
+                .saturating_sub(settings.finished_retention_ms);
+            let expired = sweep(task, engine, horizon, partition)?;
+            for order_id in &expired {
+                // No payload: a tombstone, which compaction turns into no record at all.
+                send(
+                    producer,
+                    BaseRecord::<[u8], [u8]>::to(&outputs.changelog)
+                        .partition(partition)
+                        .key(order_id.as_slice()),
+                )?;
+                batch.delete(order_id.as_slice());
+            }
+            metrics.orders_expired(expired.len());
+            if task.stream_time != task.committed_stream_time {
+                let time = task.stream_time.to_be_bytes();
+                send(
+                    producer,
+                    BaseRecord::to(&outputs.changelog)
+                        .partition(partition)
+                        .key(STREAM_TIME_KEY)
+                        .payload(&time[..]),
+                )?;
+                batch.put(STREAM_TIME_KEY, time);
+            }
             writes.push((partition, batch));
         }
         Ok(writes)
@@ -456,6 +609,7 @@ impl Core {
         retrying(|| self.producer.abort_transaction(TXN_TIMEOUT))?;
         for task in self.tasks.values_mut() {
             task.dirty.clear();
+            task.stream_time = task.committed_stream_time;
         }
         let mut rewind = TopicPartitionList::new();
         for ((topic, partition), (first, _)) in &txn.consumed {
@@ -492,6 +646,54 @@ impl Core {
             }
         }
     }
+}
+
+/// Looks at the next [`SWEEP_PER_TXN`] orders of the task's store (from where the last sweep
+/// stopped, wrapping around) and returns those finished before `horizon`: their retention is
+/// over. Orders the open transaction changed are left for a later sweep.
+fn sweep(
+    task: &mut Task,
+    engine: &Engine,
+    horizon: i64,
+    partition: i32,
+) -> Result<Vec<Vec<u8>>, ProcessorError> {
+    if horizon == i64::MIN {
+        return Ok(Vec::new()); // no stream time yet: nothing can be old
+    }
+    let mut expired = Vec::new();
+    let mut looked = 0;
+    let mut next = None;
+    let Task {
+        store,
+        dirty,
+        sweep_from,
+        ..
+    } = task;
+    store.scan(sweep_from, &mut |key, value| {
+        if looked == SWEEP_PER_TXN {
+            next = Some(key.to_vec());
+            return false;
+        }
+        looked += 1;
+        let Ok(order_id) = std::str::from_utf8(key) else {
+            return true; // the stream time
+        };
+        if dirty.contains_key(order_id) {
+            return true;
+        }
+        match codec::decode(value) {
+            Ok(graph) => {
+                if engine.finished_at(&graph).is_some_and(|at| at < horizon) {
+                    expired.push(key.to_vec());
+                }
+            }
+            // Processing reports it if the order gets another event; the sweep goes on.
+            Err(error) => warn!(partition, order_id, %error, "stored state is damaged"),
+        }
+        true
+    })?;
+    *sweep_from = next.unwrap_or_default();
+    Ok(expired)
 }
 
 /// Produces one record, waiting for room when librdkafka's queue is full.

@@ -10,7 +10,6 @@
 mod core;
 mod rebalance;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +33,7 @@ use crate::state::changelog::{restore_with, RestoreError};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{lock, Core, Deliveries, Outputs, Task, TXN_TIMEOUT};
+use self::core::{lock, Core, Deliveries, Outputs, Settings, Task, TXN_TIMEOUT};
 use self::rebalance::RebalanceContext;
 
 /// Why the processor stopped.
@@ -133,7 +132,11 @@ pub fn run(
         .create_with_context(Deliveries::new(outputs.changelog.clone()))?;
     // Fences any earlier incarnation of this instance and aborts its open transaction.
     producer.init_transactions(TXN_TIMEOUT)?;
-    let commit_interval = Duration::from_millis(config.processing.commit_interval_ms);
+    let settings = Settings {
+        commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
+        finished_retention_ms: i64::try_from(config.state.finished_retention_ms)
+            .unwrap_or(i64::MAX),
+    };
     let core = Arc::new(Mutex::new(Core::new(
         engine,
         producer,
@@ -141,7 +144,7 @@ pub fn run(
         changes,
         views,
         outputs,
-        commit_interval,
+        settings,
         telemetry.metrics.clone(),
         telemetry.health.clone(),
     )));
@@ -264,13 +267,7 @@ fn restore_pending(
             "partition restored"
         );
         health.partition_ready(partition);
-        lock(core).tasks.insert(
-            partition,
-            Task {
-                store,
-                dirty: HashMap::new(),
-            },
-        );
+        lock(core).tasks.insert(partition, Task::new(store)?);
         consumer.resume(&tpl)?;
     }
     Ok(())

@@ -57,8 +57,12 @@ impl PartitionStore for MemoryStore {
         Ok(self.checkpoint)
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
-        for (key, value) in &self.entries {
+    fn scan(
+        &self,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.entries.range(from.to_vec()..) {
             if !visit(key, value) {
                 break;
             }

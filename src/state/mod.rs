@@ -56,12 +56,16 @@ pub trait PartitionStore: Send {
     /// ([`StoreError::is_corruption`]).
     fn checkpoint(&self) -> Result<Option<i64>, StoreError>;
 
-    /// Visits every (key, value) in key order until the visitor returns false (retention
-    /// sweeps, tests).
+    /// Visits every (key, value) whose key is at least `from`, in key order, until the
+    /// visitor returns false (retention sweeps, tests). `&[]` visits everything.
     ///
     /// Errors: [`StoreError`] when reading fails part way; the visitor may have seen some
     /// entries by then.
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+    fn scan(
+        &self,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// Removes every entry and the checkpoint, atomically: the store is as if new. Used when
     /// the changelog no longer matches the store (restore from the beginning).
@@ -188,8 +192,9 @@ pub struct StateConfig {
     /// for this long, in milliseconds. Default 30000.
     #[serde(default = "default_restore_stall_timeout_ms")]
     pub restore_stall_timeout_ms: u64,
-    /// A finished order (delivered or cancelled) leaves state, with a tombstone in the
-    /// changelog, this long after its last event occurred. Default 7 days.
+    /// A finished order (its status is a `final` milestone: delivered, cancelled) leaves
+    /// state, with a tombstone in the changelog, once its partition's stream time (latest
+    /// `occurred_at` processed) is this far past the order's last event. Default 7 days.
     #[serde(default = "default_finished_retention_ms")]
     pub finished_retention_ms: u64,
 }

@@ -150,7 +150,7 @@ impl RocksStore {
 
     fn is_empty(&self) -> Result<bool, StoreError> {
         let mut empty = true;
-        self.scan(&mut |_, _| {
+        self.scan(&[], &mut |_, _| {
             empty = false;
             false
         })?;
@@ -239,12 +239,18 @@ impl PartitionStore for RocksStore {
         }
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+    fn scan(
+        &self,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound([DATA]);
         read.set_iterate_upper_bound([DATA + 1]);
         let mut iter = self.db.raw_iterator_opt(read);
-        iter.seek([DATA]);
+        let mut start = Vec::with_capacity(from.len() + 1);
+        data_key(&mut start, from);
+        iter.seek(&start);
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             if !visit(&key[1..], value) {
                 return Ok(());
