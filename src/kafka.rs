@@ -12,8 +12,11 @@ pub enum Role {
     Admin,
     /// The group member that consumes the inputs.
     GroupConsumer,
-    /// A consumer outside the group: changelog restore, follower partitions.
+    /// A consumer outside the group: changelog restore.
     AssignedConsumer,
+    /// A consumer outside the group, assigned the partitions of the input topics after the
+    /// first, alongside the group member's partitions of the first.
+    FollowerConsumer,
     /// The transactional producer of all outputs.
     TransactionalProducer,
     /// A plain producer (the demo generator).
@@ -80,6 +83,11 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
             client
                 .set("group.id", format!("{}-assigned", config.application.id))
                 .set("enable.partition.eof", "true");
+        }
+        Role::FollowerConsumer => {
+            consumer(&mut client);
+            // Never joins nor commits: offsets commit in the transactions, under the group.
+            client.set("group.id", format!("{}-follower", config.application.id));
         }
         Role::TransactionalProducer => {
             producer(&mut client);

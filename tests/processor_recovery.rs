@@ -541,3 +541,117 @@ fn finished_orders_leave_state_after_their_retention() {
         "the unknown late order U got change records"
     );
 }
+
+/// Two co-partitioned input topics, an order's events spread over both, and a second
+/// instance joining then leaving mid-stream: every order ends as `simulate` says, and each
+/// order's change records are exactly once, in sequence (1, 2, 3... with no gap), whatever
+/// topic their events came on and whichever instance held the partition.
+#[test]
+fn two_input_topics_with_a_second_instance_joining_and_leaving() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut first = test_config("inputs2", &dir.path().join("state-a"));
+    first.topics.partitions = 4;
+    first
+        .topics
+        .inputs
+        .push(common::unique_topic("inputs2_in_b"));
+    quick_group(&mut first);
+    let mut second = first.clone();
+    second.application.instance_id = "i1".into();
+    second.state.dir = dir.path().join("state-b");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&first)).expect("topics");
+    let events = generated(2000, "M");
+    // Every other event goes to the second topic.
+    let to_topic = |events: &[OrderEvent]| {
+        let record = |e: &OrderEvent| {
+            (
+                Some(e.order_id.as_bytes().to_vec()),
+                Some(serde_json::to_vec(e).unwrap()),
+            )
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, e) in events.iter().enumerate() {
+            if i % 2 == 0 { &mut a } else { &mut b }.push(record(e));
+        }
+        produce_raw(&first.topics.inputs[0], &a);
+        produce_raw(&first.topics.inputs[1], &b);
+    };
+    let (early, late) = events.split_at(events.len() / 2);
+    to_topic(early);
+    let a = start(&first, &runtime);
+    std::thread::sleep(Duration::from_secs(1));
+    let b = start(&second, &runtime);
+    let until = Instant::now() + Duration::from_secs(60);
+    while !b
+        .telemetry
+        .health
+        .partitions()
+        .iter()
+        .any(|(_, state)| *state == PartitionState::Ready)
+    {
+        assert!(
+            Instant::now() < until,
+            "the second instance never got a partition"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    to_topic(late);
+    std::thread::sleep(Duration::from_secs(3));
+    let b_events = b.events_in();
+    b.stop();
+    assert!(b_events > 0.0, "the second instance got no partition");
+    let (_, expected_views) = simulated(&events);
+    wait_for_views(&first, &expected_views);
+    a.stop();
+
+    // Read until every view's milestones have their final record, then once more for as
+    // many records, so that a duplicate coming after them would be seen.
+    let complete = |records: &[(String, Value)]| {
+        let mut last: std::collections::HashMap<(&str, &str), &Value> = Default::default();
+        for (order, change) in records {
+            last.insert(
+                (order, change["milestone"].as_str().unwrap()),
+                &change["inferred"],
+            );
+        }
+        expected_views.iter().all(|(order, view)| {
+            view["milestones"].as_array().unwrap().iter().all(|m| {
+                last.get(&(order.as_str(), m["name"].as_str().unwrap())) == Some(&&m["inferred"])
+            })
+        })
+    };
+    let records = read_until(&first.topics.changes, Duration::from_secs(60), complete);
+    std::thread::sleep(Duration::from_secs(2));
+    let records = read_until(&first.topics.changes, Duration::from_secs(60), |r| {
+        r.len() >= records.len()
+    });
+    let by_order = common::pipeline::by_order(records.into_iter().map(|(_, v)| v).collect());
+    assert_eq!(
+        by_order.len(),
+        expected_views.len(),
+        "orders with change records"
+    );
+    for (order, changes) in &by_order {
+        let sequences: Vec<u64> = changes
+            .iter()
+            .map(|c| c["sequence"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=changes.len() as u64).collect();
+        assert_eq!(sequences, expected, "sequences of order {order}");
+        // The last record of each milestone says what the view says of it.
+        let view = &expected_views[order];
+        for milestone in view["milestones"].as_array().unwrap() {
+            let last = changes
+                .iter()
+                .rev()
+                .find(|c| c["milestone"] == milestone["name"])
+                .unwrap_or_else(|| panic!("{order}: no record of {}", milestone["name"]));
+            assert_eq!(
+                last["inferred"], milestone["inferred"],
+                "{order}: {milestone}"
+            );
+        }
+    }
+}

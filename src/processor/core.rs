@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::Health;
 use crate::emit::RecordEncoder;
@@ -89,6 +89,16 @@ pub(crate) const STREAM_TIME_KEY: &[u8] = b"\xffstream-time";
 /// full pass over a store of N orders takes N / this many transactions, at a cost of about
 /// a millisecond per transaction.
 const SWEEP_PER_TXN: usize = 200;
+
+/// The consumers input records come from. The group member is assigned the partitions of
+/// the lead (first) input topic; with more than one input topic, the follower is assigned
+/// the same-numbered partitions of the others, so that one instance holds every event of
+/// an order whatever topic it came on. Offsets of both commit in the transactions, under
+/// the group.
+pub(crate) struct Inputs<'a, C: ConsumerContext> {
+    pub group: &'a BaseConsumer<C>,
+    pub follower: Option<&'a BaseConsumer>,
+}
 
 /// One assigned input partition.
 pub(crate) struct Task {
@@ -171,6 +181,8 @@ fn decode_stream_time(bytes: &[u8]) -> Option<i64> {
 
 /// Processing settings of the core, from the configuration.
 pub(crate) struct Settings {
+    /// The first input topic: the one whose partitions the group assigns ([`Inputs`]).
+    pub lead_topic: String,
     pub commit_interval: Duration,
     /// How long a finished order stays in state after its last event, in stream time (ms).
     pub finished_retention_ms: i64,
@@ -273,6 +285,16 @@ impl Core {
     pub fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ProcessorError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         if !self.tasks.contains_key(&partition) {
+            if topic != self.settings.lead_topic {
+                // A followed partition is assigned after its task exists and unassigned
+                // with it; a record fetched just before may still come. Its offset is not
+                // committed, so the partition's owner consumes it.
+                debug!(
+                    topic,
+                    partition, offset, "record of a partition no longer held"
+                );
+                return Ok(());
+            }
             // Paused until restored, so this cannot happen; if it did, skipping would lose
             // the record, so stop instead.
             return Err(ProcessorError::Internal(format!(
@@ -463,12 +485,12 @@ impl Core {
     /// return [`TxnOutcome::Aborted`].
     pub fn commit<C: ConsumerContext>(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        inputs: &Inputs<'_, C>,
     ) -> Result<TxnOutcome, ProcessorError> {
         let Some(txn) = self.txn.take() else {
             return Ok(TxnOutcome::Nothing);
         };
-        match self.try_commit(consumer, &txn) {
+        match self.try_commit(inputs.group, &txn) {
             Ok(()) => {
                 self.spare_times = txn.times;
                 self.spare_times.clear();
@@ -476,7 +498,7 @@ impl Core {
             }
             Err(ProcessorError::Kafka(KafkaError::Transaction(e))) if e.txn_requires_abort() => {
                 self.metrics.transaction_aborted(&e);
-                self.abort(consumer, txn)?;
+                self.abort(inputs, txn)?;
                 Ok(TxnOutcome::Aborted)
             }
             Err(error) => Err(error),
@@ -603,7 +625,7 @@ impl Core {
     /// to the first record it consumed in each partition.
     fn abort<C: ConsumerContext>(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        inputs: &Inputs<'_, C>,
         txn: Txn,
     ) -> Result<(), ProcessorError> {
         retrying(|| self.producer.abort_transaction(TXN_TIMEOUT))?;
@@ -611,12 +633,20 @@ impl Core {
             task.dirty.clear();
             task.stream_time = task.committed_stream_time;
         }
-        let mut rewind = TopicPartitionList::new();
+        let (mut lead, mut followed) = (TopicPartitionList::new(), TopicPartitionList::new());
         for ((topic, partition), (first, _)) in &txn.consumed {
+            let rewind = if *topic == self.settings.lead_topic {
+                &mut lead
+            } else {
+                &mut followed
+            };
             rewind.add_partition_offset(topic, *partition, Offset::Offset(*first))?;
         }
-        if rewind.count() > 0 {
-            consumer.seek_partitions(rewind, TXN_TIMEOUT)?;
+        if lead.count() > 0 {
+            inputs.group.seek_partitions(lead, TXN_TIMEOUT)?;
+        }
+        if let (true, Some(follower)) = (followed.count() > 0, inputs.follower) {
+            follower.seek_partitions(followed, TXN_TIMEOUT)?;
         }
         info!(
             partitions = txn.consumed.len(),
@@ -628,10 +658,10 @@ impl Core {
     /// Aborts the open transaction, if any (registry down, shutdown after an error).
     pub fn abort_open<C: ConsumerContext>(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        inputs: &Inputs<'_, C>,
     ) -> Result<(), ProcessorError> {
         match self.txn.take() {
-            Some(txn) => self.abort(consumer, txn),
+            Some(txn) => self.abort(inputs, txn),
             None => Ok(()),
         }
     }

@@ -6,6 +6,12 @@
 //! One thread runs [`run`]: it polls, restores newly assigned partitions, processes
 //! records and commits. librdkafka calls the rebalance callbacks ([`rebalance`]) on the same
 //! thread from inside `poll`, so a revoke finds the core between two records and can commit.
+//!
+//! Several input topics are co-partitioned (checked at start): the group assigns the first
+//! one's partitions, and a follower consumer, outside the group, is assigned the same
+//! partitions of the others once their state is restored. Every event of an order, whatever
+//! its topic, so reaches the one task holding the order's graph, and the offsets of all of
+//! them commit in the transactions under the group.
 
 mod core;
 mod rebalance;
@@ -16,9 +22,10 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::api::Health;
@@ -33,7 +40,7 @@ use crate::state::changelog::{restore_with, RestoreError};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{lock, Core, Deliveries, Outputs, Settings, Task, TXN_TIMEOUT};
+use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task, TXN_TIMEOUT};
 use self::rebalance::RebalanceContext;
 
 /// Why the processor stopped.
@@ -60,8 +67,6 @@ pub enum ProcessorError {
         order_id: String,
         error: CodecError,
     },
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -102,12 +107,6 @@ pub fn run(
     shutdown: &AtomicBool,
     telemetry: &Telemetry,
 ) -> Result<(), ProcessorError> {
-    if config.topics.inputs.len() > 1 {
-        return Err(ProcessorError::Unsupported(
-            "more than one input topic: keeping co-partitioned inputs' partitions together \
-             on one instance is not built yet",
-        ));
-    }
     let existing = topics::existing_partitions(config)?;
     topics::check(config, &existing)?;
 
@@ -133,6 +132,7 @@ pub fn run(
     // Fences any earlier incarnation of this instance and aborts its open transaction.
     producer.init_transactions(TXN_TIMEOUT)?;
     let settings = Settings {
+        lead_topic: t.inputs[0].clone(),
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
         finished_retention_ms: i64::try_from(config.state.finished_retention_ms)
             .unwrap_or(i64::MAX),
@@ -148,18 +148,31 @@ pub fn run(
         telemetry.metrics.clone(),
         telemetry.health.clone(),
     )));
+    // The group assigns the first input topic's partitions; the follower consumes the same
+    // partitions of the others (see `processor::core::Inputs`).
+    let follower: Option<Arc<BaseConsumer>> = if t.inputs.len() > 1 {
+        Some(Arc::new(
+            client_config(config, Role::FollowerConsumer).create()?,
+        ))
+    } else {
+        None
+    };
     let consumer: BaseConsumer<RebalanceContext> = client_config(config, Role::GroupConsumer)
         .create_with_context(RebalanceContext {
             core: core.clone(),
             metrics: telemetry.metrics.clone(),
+            follower: follower.clone(),
         })?;
-    let inputs: Vec<&str> = t.inputs.iter().map(String::as_str).collect();
-    consumer.subscribe(&inputs)?;
+    consumer.subscribe(&[t.inputs[0].as_str()])?;
     let restore_config = client_config(config, Role::AssignedConsumer);
     info!(inputs = ?t.inputs, group = %config.application.id, transactional_id = %config.transactional_id(), "processing");
 
+    let inputs = Inputs {
+        group: &consumer,
+        follower: follower.as_deref(),
+    };
     let result = process_until(
-        &consumer,
+        &inputs,
         &core,
         &state_dir,
         &restore_config,
@@ -169,8 +182,8 @@ pub fn run(
     {
         let mut core = lock(&core);
         let finished = match &result {
-            Ok(()) => core.commit(&consumer).map(|_| ()),
-            Err(_) => core.abort_open(&consumer),
+            Ok(()) => core.commit(&inputs).map(|_| ()),
+            Err(_) => core.abort_open(&inputs),
         };
         if let Err(error) = finished {
             warn!(%error, "finishing the last transaction failed");
@@ -186,44 +199,77 @@ pub fn run(
 }
 
 fn process_until(
-    consumer: &BaseConsumer<RebalanceContext>,
+    inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
     state_dir: &StateDir,
     restore_config: &ClientConfig,
     config: &Config,
     shutdown: &AtomicBool,
 ) -> Result<(), ProcessorError> {
+    // With a follower, each turn polls both, waiting only on the follower, and only when
+    // the group member had nothing.
+    let lead_wait = if inputs.follower.is_some() {
+        Duration::ZERO
+    } else {
+        POLL
+    };
     while !shutdown.load(Ordering::Relaxed) {
         // Rebalance callbacks run inside poll, with the core unlocked.
-        let message = consumer.poll(POLL);
-        restore_pending(consumer, core, state_dir, restore_config, config)?;
+        let lead = inputs.group.poll(lead_wait);
+        restore_pending(inputs, core, state_dir, restore_config, config)?;
         let mut core = lock(core);
-        let after_record = message.is_some();
-        match message {
-            None => {}
-            Some(Err(error)) => warn!(%error, "consumer error"),
-            Some(Ok(message)) => match core.process(&message) {
-                Ok(()) => {}
-                Err(ProcessorError::Registry(error)) => {
-                    warn!(%error, "schema registry unavailable; aborting and retrying in 1 s");
-                    core.abort_open(consumer)?;
-                    drop(core);
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-                Err(error) => return Err(error),
-            },
+        let mut polled = lead.is_some();
+        let mut registry_down = match lead {
+            Some(message) => handle(&mut core, inputs, message)?,
+            None => false,
+        };
+        if let (false, Some(follower)) = (registry_down, inputs.follower) {
+            let wait = if polled { Duration::ZERO } else { POLL };
+            if let Some(message) = follower.poll(wait) {
+                polled = true;
+                registry_down = handle(&mut core, inputs, message)?;
+            }
         }
-        if core.commit_due(after_record) {
-            core.commit(consumer)?;
+        if registry_down {
+            drop(core);
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        if core.commit_due(polled) {
+            core.commit(inputs)?;
         }
     }
     Ok(())
 }
 
-/// Restores the stores of newly assigned partitions, then resumes them.
+/// Processes one polled record. True when the schema registry could not be reached: the
+/// transaction is aborted then (its records are consumed again) and the caller waits.
+fn handle(
+    core: &mut Core,
+    inputs: &Inputs<'_, RebalanceContext>,
+    message: KafkaResult<BorrowedMessage<'_>>,
+) -> Result<bool, ProcessorError> {
+    match message {
+        Err(error) => {
+            warn!(%error, "consumer error");
+            Ok(false)
+        }
+        Ok(message) => match core.process(&message) {
+            Ok(()) => Ok(false),
+            Err(ProcessorError::Registry(error)) => {
+                warn!(%error, "schema registry unavailable; aborting and retrying in 1 s");
+                core.abort_open(inputs)?;
+                Ok(true)
+            }
+            Err(error) => Err(error),
+        },
+    }
+}
+
+/// Restores the stores of newly assigned partitions, then resumes them, and assigns the
+/// follower the same partitions of the other input topics from the group's committed offsets.
 fn restore_pending(
-    consumer: &BaseConsumer<RebalanceContext>,
+    inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
     state_dir: &StateDir,
     restore_config: &ClientConfig,
@@ -241,10 +287,20 @@ fn restore_pending(
         health.partition_restoring(partition);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, partition);
+        let mut followed = TopicPartitionList::new();
+        if inputs.follower.is_some() {
+            for other in &config.topics.inputs[1..] {
+                followed.add_partition(other, partition);
+            }
+        }
         // The previous owner's last transaction must be complete before its changelog is
         // read: a read_committed consumer fetches committed offsets with require_stable
         // (KIP-447), which waits for exactly that.
-        consumer.committed_offsets(tpl.clone(), TXN_TIMEOUT)?;
+        let mut both = tpl.clone();
+        for element in followed.elements() {
+            both.add_partition(element.topic(), element.partition());
+        }
+        let committed = inputs.group.committed_offsets(both, TXN_TIMEOUT)?;
         let (mut store, opened) = state_dir.open_partition(partition)?;
         let changelog = config.changelog_topic();
         let outcome = restore_with(
@@ -268,7 +324,22 @@ fn restore_pending(
         );
         health.partition_ready(partition);
         lock(core).tasks.insert(partition, Task::new(store)?);
-        consumer.resume(&tpl)?;
+        inputs.group.resume(&tpl)?;
+        if let Some(follower) = inputs.follower {
+            let mut assign = TopicPartitionList::new();
+            for element in followed.elements() {
+                let start = match committed
+                    .find_partition(element.topic(), partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(next)) => Offset::Offset(next),
+                    // Nothing committed yet: where the group member would start.
+                    _ => Offset::Beginning,
+                };
+                assign.add_partition_offset(element.topic(), partition, start)?;
+            }
+            follower.incremental_assign(&assign)?;
+        }
     }
     Ok(())
 }

@@ -6,6 +6,9 @@
 //!   next owner starts exactly where this instance stopped.
 //! - An assign pauses the new partitions: the loop restores their stores from the
 //!   changelog before any of their records is processed.
+//! - With more than one input topic the group assigns the first topic's partitions only;
+//!   the follower consumer gets the same-numbered partitions of the others once restored
+//!   (see `restore_pending`), and gives them up here, with the revoked ones.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +18,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 use tracing::{error, info};
 
-use super::core::{lock, Core};
+use super::core::{lock, Core, Inputs};
 use crate::metrics::Metrics;
 
 pub(crate) struct RebalanceContext {
@@ -23,6 +26,8 @@ pub(crate) struct RebalanceContext {
     /// these callbacks, never across an await; the lock is what hands the core between them.
     pub core: Arc<Mutex<Core>>,
     pub metrics: Arc<Metrics>,
+    /// The follower consumer, with more than one input topic.
+    pub follower: Option<Arc<BaseConsumer>>,
 }
 
 impl ClientContext for RebalanceContext {
@@ -53,7 +58,11 @@ impl ConsumerContext for RebalanceContext {
         };
         let revoked = partitions(tpl);
         let mut core = lock(&self.core);
-        match core.commit(consumer) {
+        let inputs = Inputs {
+            group: consumer,
+            follower: self.follower.as_deref(),
+        };
+        match core.commit(&inputs) {
             Ok(outcome) => info!(
                 ?revoked,
                 ?outcome,
@@ -67,6 +76,9 @@ impl ConsumerContext for RebalanceContext {
             core.close_task(*partition);
         }
         core.pending.retain(|p| !revoked.contains(p));
+        if let Some(follower) = &self.follower {
+            unfollow(follower, &revoked);
+        }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -89,5 +101,23 @@ impl ConsumerContext for RebalanceContext {
             core.health.partition_assigned(*partition);
         }
         core.pending.extend(assigned);
+    }
+}
+
+/// Gives up the follower's partitions numbered as the revoked ones.
+fn unfollow(follower: &BaseConsumer, revoked: &[(String, i32)]) {
+    let Ok(assigned) = follower.assignment() else {
+        return;
+    };
+    let mut drop = TopicPartitionList::new();
+    for element in assigned.elements() {
+        if revoked.iter().any(|(_, p)| *p == element.partition()) {
+            drop.add_partition(element.topic(), element.partition());
+        }
+    }
+    if drop.count() > 0 {
+        if let Err(error) = follower.incremental_unassign(&drop) {
+            error!(%error, "giving up followed partitions failed");
+        }
     }
 }

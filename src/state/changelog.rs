@@ -15,10 +15,11 @@
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{PartitionStore, StateConfig, StoreBatch, StoreError};
 
@@ -180,8 +181,8 @@ pub fn restore_with<S: PartitionStore + ?Sized>(
     };
     let wait = Duration::from_millis(config.restore_stall_timeout_ms);
 
-    let consumer: BaseConsumer = restore_consumer_config(consumer_config)
-        .create()
+    let consumer: BaseConsumer<RestoreContext> = restore_consumer_config(consumer_config)
+        .create_with_context(RestoreContext)
         .map_err(|e| kafka("creating the restore consumer", e))?;
     // Under read_committed these are the log start and the last stable offset.
     let (low, high) = consumer
@@ -310,7 +311,21 @@ fn restore_consumer_config(consumer_config: &ClientConfig) -> ClientConfig {
     config
 }
 
-fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+/// The restore consumer's context: the end of the partition is how a restore knows it is
+/// done, not an error worth a log line (librdkafka reports it as one).
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "restore consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+fn position(consumer: &BaseConsumer<RestoreContext>, topic: &str, partition: i32) -> Option<i64> {
     let positions = consumer.position().ok()?;
     match positions.find_partition(topic, partition)?.offset() {
         Offset::Offset(offset) => Some(offset),
