@@ -78,6 +78,13 @@ enum Command {
         /// registered under TOPIC-value) or json; default: topics.input_format.
         #[arg(long)]
         format: Option<String>,
+        /// `occurred_at` of the first order, epoch milliseconds (orders start a minute apart).
+        #[arg(long, default_value_t = GenerateConfig::default().start_ms)]
+        start_ms: i64,
+        /// Produce at this many events per second (a steady load, for latency); default:
+        /// as fast as the broker takes them.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Milestone rules files.
     Rules {
@@ -189,7 +196,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             config,
             format,
+            start_ms,
+            rate,
         } => {
+            if let Some(rate) = rate {
+                anyhow::ensure!(
+                    rate > 0.0,
+                    "--rate is {rate}: give events per second above 0"
+                );
+            }
             for (name, share) in [
                 ("--out-of-order", out_of_order),
                 ("--redelivered", redelivered),
@@ -206,13 +221,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 redelivered,
                 seed,
                 order_prefix,
+                start_ms,
                 ..GenerateConfig::default()
             };
             if topic.is_none() && config.is_none() {
                 anyhow::ensure!(
-                    format.is_none(),
-                    "--format is for Kafka: give --topic or --config too (standard output is \
-                     always JSON lines)"
+                    format.is_none() && rate.is_none(),
+                    "--format and --rate are for Kafka: give --topic or --config too (standard \
+                     output is always JSON lines, as fast as it is read)"
                 );
                 return generate_to_stdout(generate);
             }
@@ -220,8 +236,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let target = KafkaTarget::resolve(&config, topic, format);
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let events = Generator::new(generate.clone());
-            let produced = generate::produce(&config, &target, events, runtime.handle())
-                .context("generate")?;
+            let produced = match rate {
+                Some(rate) => generate::produce(
+                    &config,
+                    &target,
+                    generate::paced(events, rate),
+                    runtime.handle(),
+                ),
+                None => generate::produce(&config, &target, events, runtime.handle()),
+            }
+            .context("generate")?;
             eprintln!(
                 "generate: {} records ({} orders) to {} ({} partitions) as {} in {:.2} s: \
                  {:.0} records/s",

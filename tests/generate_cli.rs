@@ -234,7 +234,15 @@ fn bad_arguments_are_one_line_and_exit_1() {
     );
     assert_refused(
         &["generate", "--format", "json"],
-        "--format is for Kafka: give --topic or --config",
+        "--format and --rate are for Kafka: give --topic or --config",
+    );
+    assert_refused(
+        &["generate", "--rate", "100"],
+        "--format and --rate are for Kafka: give --topic or --config",
+    );
+    assert_refused(
+        &["generate", "--topic", "t", "--rate", "0"],
+        "--rate is 0: give events per second above 0",
     );
     assert_refused(
         &["generate", "--config", &no_registry, "--format", "avro"],

@@ -226,6 +226,20 @@ pub fn order_lifecycle(rng: &mut impl Rng, order_id: &str, start: i64) -> Vec<Or
     events
 }
 
+/// `items` at a steady `per_second`: each item is released at its due time (item n at
+/// n / per_second seconds from the first), sleeping until then. A consumer that falls
+/// behind is not caught up with a burst larger than it was behind by.
+pub fn paced<I: Iterator>(items: I, per_second: f64) -> impl Iterator<Item = I::Item> {
+    let started = std::time::Instant::now();
+    items.enumerate().map(move |(n, item)| {
+        let due = started + std::time::Duration::from_secs_f64(n as f64 / per_second);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        item
+    })
+}
+
 /// Reorders one order's events for delivery: each event is, with the chance needed for a
 /// share `out_of_order` of late arrivals, swapped with the next one; each is, with chance
 /// `redelivered`, delivered again a little later.
@@ -265,6 +279,15 @@ pub fn disorder(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paced_items_come_no_faster_than_the_rate() {
+        let started = std::time::Instant::now();
+        let items: Vec<u32> = super::paced(0..21, 1000.0).collect();
+        assert_eq!(items, (0..21).collect::<Vec<_>>());
+        // The 21st item is due 20 ms after the first.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(20));
+    }
+
     use super::*;
     use std::collections::HashSet;
 
