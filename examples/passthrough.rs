@@ -18,6 +18,8 @@ use rdkafka::types::RDKafkaErrorCode;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // From the start, as the service is timed: clients, producer id and group join count.
+    let started = Instant::now();
     let args: Vec<String> = std::env::args().collect();
     let [_, bootstrap, input, output, group, count] = args.as_slice() else {
         return Err("usage: passthrough BOOTSTRAP INPUT OUTPUT GROUP COUNT".into());
@@ -41,7 +43,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     producer.init_transactions(TIMEOUT)?;
     consumer.subscribe(&[input.as_str()])?;
 
-    let started = Instant::now();
     let (mut forwarded, mut committed) = (0u64, 0u64);
     let mut offsets: std::collections::BTreeMap<i32, i64> = Default::default();
     let mut txn_started: Option<Instant> = None;

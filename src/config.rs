@@ -127,6 +127,12 @@ pub struct ProcessingConfig {
     /// exits anyway. Default 30000.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Processing threads of this instance, each a member of the consumer group with its own
+    /// partitions, transactions and transactional id (`<application.id>-<instance_id>`, then
+    /// `...-1`, `...-2`): partitions are processed in parallel. Keep it the same across
+    /// restarts, so that a restarted thread fences its predecessor. Default 1.
+    #[serde(default = "default_threads")]
+    pub threads: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +169,9 @@ fn default_transaction_timeout_ms() -> u64 {
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }
+fn default_threads() -> u16 {
+    1
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -196,6 +205,7 @@ impl Default for ProcessingConfig {
             commit_interval_ms: default_commit_interval_ms(),
             transaction_timeout_ms: default_transaction_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            threads: default_threads(),
         }
     }
 }
@@ -373,6 +383,9 @@ impl Config {
             ));
         }
         let p = &self.processing;
+        if p.threads == 0 {
+            return invalid("processing.threads is 0: give at least 1".into());
+        }
         if p.commit_interval_ms == 0 || p.commit_interval_ms * 10 > p.transaction_timeout_ms {
             return invalid(format!(
                 "processing.commit_interval_ms ({}) must be above 0 and at most a tenth of \
@@ -517,6 +530,7 @@ mod tests {
                     "[processing]\ncommit_interval_ms = 0",
                     "processing.commit_interval_ms (0)",
                 ),
+                ("[processing]\nthreads = 0", "processing.threads is 0"),
                 (
                     "[processing]\ncommit_interval_ms = 10000",
                     "at most a tenth of processing.transaction_timeout_ms",

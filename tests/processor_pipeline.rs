@@ -17,11 +17,13 @@ use order_milestones::generate::{GenerateConfig, Generator};
 use order_milestones::{processor, topics};
 use serde_json::Value;
 
-/// Runs the processor over `events` and compares its outputs with simulate's.
-fn processes_like_simulate(test: &str, events: Vec<OrderEvent>) {
+/// Runs the processor (with `threads` processing threads) over `events` and compares its
+/// outputs with simulate's.
+fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16) {
     common::require_kafka();
     let state = tempfile::tempdir().expect("state dir");
-    let config = test_config(test, state.path());
+    let mut config = test_config(test, state.path());
+    config.processing.threads = threads;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(topics::apply(&config)).expect("topics");
     produce(&config, &events);
@@ -122,7 +124,7 @@ fn worked_scenarios_through_kafka_equal_simulate() {
             events.push(event);
         }
     }
-    processes_like_simulate("scenarios", events);
+    processes_like_simulate("scenarios", events, 1);
 }
 
 #[test]
@@ -134,5 +136,18 @@ fn thousands_of_generated_orders_through_kafka_equal_simulate() {
     })
     .collect();
     assert!(events.len() > 15_000);
-    processes_like_simulate("generated", events);
+    processes_like_simulate("generated", events, 1);
+}
+
+/// Two processing threads, each a member of the group with its own partitions and
+/// transactions, sharing one state directory: the same answer.
+#[test]
+fn two_processing_threads_equal_simulate() {
+    let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
+        orders: 1000,
+        order_prefix: format!("Q{}-", std::process::id()),
+        ..GenerateConfig::default()
+    })
+    .collect();
+    processes_like_simulate("threads", events, 2);
 }

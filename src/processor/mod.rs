@@ -94,12 +94,14 @@ impl Telemetry {
 const POLL: Duration = Duration::from_millis(20);
 
 /// Runs the processor until `shutdown` is set, then commits, closes the stores and leaves
-/// the group. `runtime` serves the schema registry's rare round trips; this function must
-/// run on a thread of its own, not on the runtime.
+/// the group: `processing.threads` threads, each a member of the group (see [`member`]),
+/// sharing the state directory, metrics and health. `runtime` serves the schema registry's
+/// rare round trips; this function must run on a thread of its own, not on the runtime.
 ///
 /// Errors: topics missing or not co-partitioned, a registry or broker that does not answer
 /// at start, a fatal transaction error (this instance was fenced by another with the same
-/// transactional id), a damaged store that cannot be restored.
+/// transactional id), a damaged store that cannot be restored. The first error of any
+/// thread stops the others too.
 pub fn run(
     config: &Config,
     engine: Engine,
@@ -109,7 +111,84 @@ pub fn run(
 ) -> Result<(), ProcessorError> {
     let existing = topics::existing_partitions(config)?;
     topics::check(config, &existing)?;
+    let state_dir = StateDir::open(&config.state, &config.application.id)?;
+    let threads = config.processing.threads.max(1);
+    if threads == 1 {
+        let stopped = || shutdown.load(Ordering::Relaxed);
+        return member(config, engine, runtime, &stopped, telemetry, &state_dir);
+    }
+    // Each member has an instance id of its own: its transactional id and client id.
+    let members: Vec<Config> = (0..threads)
+        .map(|k| {
+            let mut member = config.clone();
+            if k > 0 {
+                member.application.instance_id = format!("{}-{k}", config.application.instance_id);
+            }
+            member
+        })
+        .collect();
+    // One member's failure stops the others; the first error is the answer.
+    let stop = AtomicBool::new(false);
+    let stopped = || shutdown.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .iter()
+            .enumerate()
+            .map(|(k, member_config)| {
+                let (engine, runtime, state_dir, stop, stopped) =
+                    (engine.clone(), runtime.clone(), &state_dir, &stop, &stopped);
+                std::thread::Builder::new()
+                    .name(format!("processor-{k}"))
+                    .spawn_scoped(scope, move || {
+                        let result = member(
+                            member_config,
+                            engine,
+                            runtime,
+                            stopped,
+                            telemetry,
+                            state_dir,
+                        );
+                        if result.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })
+            })
+            .collect();
+        let mut first = Ok(());
+        for handle in handles {
+            let result = match handle {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    stop.store(true, Ordering::Relaxed);
+                    Err(ProcessorError::Internal(
+                        "a processing thread panicked".into(),
+                    ))
+                }),
+                Err(error) => {
+                    stop.store(true, Ordering::Relaxed);
+                    Err(ProcessorError::Internal(format!(
+                        "starting a processing thread: {error}"
+                    )))
+                }
+            };
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    })
+}
 
+/// One member of the consumer group: polls, restores, processes and commits until
+/// `shutdown` is set.
+fn member(
+    config: &Config,
+    engine: Engine,
+    runtime: tokio::runtime::Handle,
+    stopped: &(dyn Fn() -> bool + Sync),
+    telemetry: &Telemetry,
+    state_dir: &StateDir,
+) -> Result<(), ProcessorError> {
     let t = &config.topics;
     let avro = t.input_format == Format::Avro || t.output_format == Format::Avro;
     let registry = avro
@@ -119,7 +198,6 @@ pub fn run(
     let changes =
         RecordEncoder::for_changes(t.output_format, &t.changes, registry.as_ref(), &runtime)?;
     let views = RecordEncoder::for_views(t.output_format, &t.status, registry.as_ref(), &runtime)?;
-    let state_dir = StateDir::open(&config.state, &config.application.id)?;
 
     let outputs = Outputs {
         changes: t.changes.clone(),
@@ -171,14 +249,7 @@ pub fn run(
         group: &consumer,
         follower: follower.as_deref(),
     };
-    let result = process_until(
-        &inputs,
-        &core,
-        &state_dir,
-        &restore_config,
-        config,
-        shutdown,
-    );
+    let result = process_until(&inputs, &core, state_dir, &restore_config, config, stopped);
     {
         let mut core = lock(&core);
         let finished = match &result {
@@ -204,7 +275,7 @@ fn process_until(
     state_dir: &StateDir,
     restore_config: &ClientConfig,
     config: &Config,
-    shutdown: &AtomicBool,
+    stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), ProcessorError> {
     // With a follower, each turn polls both, waiting only on the follower, and only when
     // the group member had nothing.
@@ -213,7 +284,7 @@ fn process_until(
     } else {
         POLL
     };
-    while !shutdown.load(Ordering::Relaxed) {
+    while !stopped() {
         // Rebalance callbacks run inside poll, with the core unlocked.
         let lead = inputs.group.poll(lead_wait);
         restore_pending(inputs, core, state_dir, restore_config, config)?;
