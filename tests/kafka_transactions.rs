@@ -113,3 +113,69 @@ async fn read_committed_sees_only_committed_transactions() {
         "read_uncommitted must also see the aborted records (proves the abort happened)"
     );
 }
+
+/// Regression: the processor's abort with records still in flight. librdkafka's
+/// `abort_transaction` waits for every record's delivery report to be served, and a
+/// `BaseProducer` serves them only when its own thread polls, which it cannot do while it
+/// waits in the abort: the abort timed out ("the event queue must be polled for delivery
+/// report events ... prior to calling abort") and stopped the service, seen when a rebalance
+/// made `send_offsets_to_transaction` fail with records queued. `emit::txn::abort` purges
+/// and serves the reports first.
+#[tokio::test]
+async fn abort_with_records_in_flight_completes_and_the_producer_goes_on() {
+    use order_milestones::emit::txn;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+
+    common::require_kafka();
+    let topic = common::unique_topic("kafka_transactions_abort");
+    common::create_topic(&topic, 1).await;
+
+    let producer: BaseProducer = common::client_config()
+        .set(
+            "transactional.id",
+            common::unique_transactional_id("kafka_transactions_abort"),
+        )
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("creating the transactional producer");
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .expect("init_transactions");
+
+    producer.begin_transaction().expect("begin (to abort)");
+    let value = [b'x'; 200];
+    for _ in 0..50_000 {
+        txn::send(
+            &producer,
+            BaseRecord::to(&topic).key("order-1").payload(&value[..]),
+        )
+        .expect("queueing a record");
+    }
+    assert!(
+        producer.in_flight_count() > 0,
+        "the test needs records in flight when it aborts"
+    );
+    // Well under the 30 s the unserved abort used to wait before failing.
+    let started = std::time::Instant::now();
+    txn::abort(&producer, Duration::from_secs(20)).expect("abort with records in flight");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the abort took {:?}",
+        started.elapsed()
+    );
+
+    producer.begin_transaction().expect("begin after the abort");
+    txn::send(
+        &producer,
+        BaseRecord::to(&topic).key("order-1").payload("committed"),
+    )
+    .expect("queueing the committed record");
+    txn::flush(&producer, TXN_TIMEOUT);
+    producer.commit_transaction(TXN_TIMEOUT).expect("commit");
+
+    assert_eq!(
+        read_all(&topic, "read_committed").await,
+        ["committed"],
+        "read_committed must see only the transaction after the abort"
+    );
+}

@@ -5,9 +5,12 @@
 //! - `encode`: [`RecordEncoder`], one per topic, registering its schema at startup (also
 //!   used by `milestones generate` for input events).
 //! - `avro`: the Avro binary of the records, written by hand into the output buffer.
+//! - [`txn`]: the transactional producer's calls (send, flush, abort, retry) as librdkafka
+//!   documents them for a producer whose delivery reports the caller serves.
 
 mod avro;
 mod encode;
+pub mod txn;
 
 pub use avro::{MILESTONE_CHANGE_SCHEMA, ORDER_VIEW_SCHEMA};
 pub use encode::RecordEncoder;

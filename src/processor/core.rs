@@ -12,11 +12,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tracing::{debug, info, warn};
 
 use crate::api::Health;
+use crate::emit::txn::{self, flush, retrying, send, TXN_TIMEOUT};
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
 use crate::ingest::EventDecoder;
@@ -24,9 +24,6 @@ use crate::metrics::Metrics;
 use crate::state::{PartitionStore, RocksStore, StoreBatch};
 
 use super::ProcessorError;
-
-/// How long one transactional call may take before it counts as failed.
-pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// [`Core::commit_due`] looks at the clock once per this many records.
 const CLOCK_EVERY: u32 = 32;
@@ -461,7 +458,7 @@ impl Core {
             class,
             error,
         );
-        send(&self.producer, record)
+        Ok(send(&self.producer, record)?)
     }
 
     fn begin(&mut self) -> Result<(), ProcessorError> {
@@ -520,11 +517,13 @@ impl Core {
             let metadata = consumer.group_metadata().ok_or_else(|| {
                 ProcessorError::Internal("the consumer has no group metadata".into())
             })?;
-            retrying(|| producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT))?;
+            retrying(TXN_TIMEOUT, || {
+                producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
+            })?;
         }
         let started = Instant::now();
         flush(producer, TXN_TIMEOUT);
-        retrying(|| producer.commit_transaction(TXN_TIMEOUT))?;
+        retrying(TXN_TIMEOUT, || producer.commit_transaction(TXN_TIMEOUT))?;
         self.metrics.transaction_committed(started.elapsed());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -628,7 +627,7 @@ impl Core {
         inputs: &Inputs<'_, C>,
         txn: Txn,
     ) -> Result<(), ProcessorError> {
-        retrying(|| self.producer.abort_transaction(TXN_TIMEOUT))?;
+        txn::abort(&self.producer, TXN_TIMEOUT)?;
         for task in self.tasks.values_mut() {
             task.dirty.clear();
             task.stream_time = task.committed_stream_time;
@@ -724,55 +723,4 @@ fn sweep(
     })?;
     *sweep_from = next.unwrap_or_default();
     Ok(expired)
-}
-
-/// Produces one record, waiting for room when librdkafka's queue is full.
-fn send<C: ProducerContext<DeliveryOpaque = ()>>(
-    producer: &BaseProducer<C>,
-    record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), ProcessorError> {
-    let mut record = record;
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                producer.poll(Duration::from_millis(5));
-                record = back;
-            }
-            Err((error, _)) => return Err(ProcessorError::Kafka(error)),
-        }
-    }
-}
-
-/// Waits until every produced record is delivered (or `timeout` passed), serving delivery
-/// reports as they arrive.
-///
-/// `commit_transaction` flushes too, but rdkafka's `BaseProducer::flush` serves reports in
-/// polls that each last their whole 100 ms slice however soon the last report arrives: every
-/// commit would wait at least 100 ms. Polling in 1 ms slices here leaves it nothing to wait
-/// for. A timeout is not an error here: `commit_transaction` then waits and reports it.
-pub(crate) fn flush<C: ProducerContext<DeliveryOpaque = ()>>(
-    producer: &BaseProducer<C>,
-    timeout: Duration,
-) {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
-    }
-}
-
-/// Runs a transactional call again while librdkafka says it is retriable, as its
-/// documentation asks; other errors go to the caller to classify.
-fn retrying(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), ProcessorError> {
-    let deadline = Instant::now() + TXN_TIMEOUT;
-    loop {
-        match call() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
-                warn!(error = %e, "retriable transaction error; retrying");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(ProcessorError::Kafka(e)),
-            Ok(()) => return Ok(()),
-        }
-    }
 }

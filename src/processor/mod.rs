@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
@@ -30,17 +29,18 @@ use tracing::{debug, info, warn};
 
 use crate::api::Health;
 use crate::config::{Config, Format};
+use crate::emit::txn::TXN_TIMEOUT;
 use crate::emit::RecordEncoder;
 use crate::engine::codec::CodecError;
 use crate::engine::Engine;
 use crate::ingest::{DecodeError, EventDecoder, FormatError, RegistryClient, RegistryError};
 use crate::kafka::{client_config, Role};
 use crate::metrics::Metrics;
-use crate::state::changelog::{restore_with, RestoreError};
+use crate::state::changelog::{RestoreError, Restorer};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task, TXN_TIMEOUT};
+use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task};
 use self::rebalance::RebalanceContext;
 
 /// Why the processor stopped.
@@ -242,14 +242,19 @@ fn member(
             follower: follower.clone(),
         })?;
     consumer.subscribe(&[t.inputs[0].as_str()])?;
-    let restore_config = client_config(config, Role::AssignedConsumer);
+    let changelog = config.changelog_topic();
+    let restorer = Restorer::new(
+        &client_config(config, Role::AssignedConsumer),
+        &changelog,
+        -1,
+    )?;
     info!(inputs = ?t.inputs, group = %config.application.id, transactional_id = %config.transactional_id(), "processing");
 
     let inputs = Inputs {
         group: &consumer,
         follower: follower.as_deref(),
     };
-    let result = process_until(&inputs, &core, state_dir, &restore_config, config, stopped);
+    let result = process_until(&inputs, &core, state_dir, &restorer, config, stopped);
     {
         let mut core = lock(&core);
         let finished = match &result {
@@ -273,7 +278,7 @@ fn process_until(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
     state_dir: &StateDir,
-    restore_config: &ClientConfig,
+    restorer: &Restorer,
     config: &Config,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), ProcessorError> {
@@ -287,7 +292,7 @@ fn process_until(
     while !stopped() {
         // Rebalance callbacks run inside poll, with the core unlocked.
         let lead = inputs.group.poll(lead_wait);
-        restore_pending(inputs, core, state_dir, restore_config, config)?;
+        restore_pending(inputs, core, state_dir, restorer, config)?;
         let mut core = lock(core);
         let mut polled = lead.is_some();
         let mut registry_down = match lead {
@@ -343,40 +348,42 @@ fn restore_pending(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
     state_dir: &StateDir,
-    restore_config: &ClientConfig,
+    restorer: &Restorer,
     config: &Config,
 ) -> Result<(), ProcessorError> {
     let (pending, metrics, health) = {
         let mut core = lock(core);
+        if core.pending.is_empty() {
+            return Ok(());
+        }
         (
             std::mem::take(&mut core.pending),
             core.metrics.clone(),
             core.health.clone(),
         )
     };
+    let followed_topics = match inputs.follower {
+        Some(_) => &config.topics.inputs[1..],
+        None => &[][..],
+    };
+    // The previous owners' last transactions must be complete before their changelog is
+    // read: a read_committed consumer fetches committed offsets with require_stable
+    // (KIP-447), which waits for exactly that. One request for every newly assigned
+    // partition; the follower starts from these offsets too.
+    let mut all = TopicPartitionList::new();
+    for (topic, partition) in &pending {
+        health.partition_restoring(*partition);
+        all.add_partition(topic, *partition);
+        for other in followed_topics {
+            all.add_partition(other, *partition);
+        }
+    }
+    let committed = inputs.group.committed_offsets(all, TXN_TIMEOUT)?;
+    let changelog = config.changelog_topic();
     for (topic, partition) in pending {
-        health.partition_restoring(partition);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&topic, partition);
-        let mut followed = TopicPartitionList::new();
-        if inputs.follower.is_some() {
-            for other in &config.topics.inputs[1..] {
-                followed.add_partition(other, partition);
-            }
-        }
-        // The previous owner's last transaction must be complete before its changelog is
-        // read: a read_committed consumer fetches committed offsets with require_stable
-        // (KIP-447), which waits for exactly that.
-        let mut both = tpl.clone();
-        for element in followed.elements() {
-            both.add_partition(element.topic(), element.partition());
-        }
-        let committed = inputs.group.committed_offsets(both, TXN_TIMEOUT)?;
         let (mut store, opened) = state_dir.open_partition(partition)?;
-        let changelog = config.changelog_topic();
-        let outcome = restore_with(
+        let outcome = restorer.restore(
             &mut store,
-            restore_config,
             &changelog,
             partition,
             &config.state,
@@ -395,19 +402,21 @@ fn restore_pending(
         );
         health.partition_ready(partition);
         lock(core).tasks.insert(partition, Task::new(store)?);
-        inputs.group.resume(&tpl)?;
+        let mut resume = TopicPartitionList::new();
+        resume.add_partition(&topic, partition);
+        inputs.group.resume(&resume)?;
         if let Some(follower) = inputs.follower {
             let mut assign = TopicPartitionList::new();
-            for element in followed.elements() {
+            for other in followed_topics {
                 let start = match committed
-                    .find_partition(element.topic(), partition)
+                    .find_partition(other, partition)
                     .map(|e| e.offset())
                 {
                     Some(Offset::Offset(next)) => Offset::Offset(next),
                     // Nothing committed yet: where the group member would start.
                     _ => Offset::Beginning,
                 };
-                assign.add_partition_offset(element.topic(), partition, start)?;
+                assign.add_partition_offset(other, partition, start)?;
             }
             follower.incremental_assign(&assign)?;
         }

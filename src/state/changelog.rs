@@ -138,31 +138,92 @@ pub fn restore<S: PartitionStore + ?Sized>(
     )
 }
 
-/// Restores `store` from `partition` of the changelog `topic`: from the store's checkpoint
-/// (or the beginning) to the end of the partition as it was when the restore began, in
-/// batches of `config.restore_batch_records` records, each written with its checkpoint.
+/// Restores `store` from `partition` of the changelog `topic` with a consumer of its own;
+/// see [`Restorer::restore`]. A processor restoring many partitions keeps one [`Restorer`]
+/// instead: creating a client costs a connection and a metadata round trip per restore.
 ///
-/// `consumer_config` gives the broker address and security settings; the restore consumer
-/// overrides what it must (`read_committed`, no auto commit, partition EOF events) and only
-/// assigns the partition: it never joins a group or commits offsets.
-///
-/// The end is the last stable offset when the restore begins: records of a transaction
-/// still open, or committed but whose commit marker the coordinator has not written yet, are
-/// not restored. The caller makes sure the previous owner's transactions are finished first
-/// (a group consumer fetching its committed offsets with `require_stable`, KIP-447, waits for
-/// exactly that), or restores again.
-///
-/// A checkpoint outside the partition's offsets (the topic was recreated or truncated, or
-/// retention removed records the store never saw) cannot be trusted: the store is cleared
-/// and restored from the beginning, and [`RestoreOutcome::wiped`] says so.
-///
-/// Errors: [`RestoreError::Kafka`] on any broker or client error, [`RestoreError::Stalled`]
-/// when the broker sends nothing for `config.restore_stall_timeout_ms`,
-/// [`RestoreError::Store`] when the store fails, [`RestoreError::KeylessRecord`] when a
-/// record has no key. Every wait is bounded: a restore fails rather than hangs.
+/// Errors: those of [`Restorer::new`] and [`Restorer::restore`].
 pub fn restore_with<S: PartitionStore + ?Sized>(
     store: &mut S,
     consumer_config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    config: &StateConfig,
+    progress: &mut dyn FnMut(RestoreProgress),
+) -> Result<RestoreOutcome, RestoreError> {
+    Restorer::new(consumer_config, topic, partition)?
+        .restore(store, topic, partition, config, progress)
+}
+
+/// A consumer for restores, assigned one changelog partition at a time and never in a
+/// group: reused for every partition an instance restores.
+pub struct Restorer {
+    consumer: BaseConsumer<RestoreContext>,
+}
+
+impl Restorer {
+    /// The restore consumer. `consumer_config` gives the broker address and security
+    /// settings; the restorer overrides what it must (`read_committed`, no auto commit,
+    /// partition EOF events).
+    ///
+    /// Errors: [`RestoreError::Kafka`] when the client cannot be created (a bad setting);
+    /// `topic` and `partition` only name the restore in that error.
+    pub fn new(
+        consumer_config: &ClientConfig,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Restorer, RestoreError> {
+        let consumer = restore_consumer_config(consumer_config)
+            .create_with_context(RestoreContext)
+            .map_err(|source| RestoreError::Kafka {
+                topic: topic.to_owned(),
+                partition,
+                op: "creating the restore consumer",
+                source: Box::new(source),
+            })?;
+        Ok(Restorer { consumer })
+    }
+
+    /// Restores `store` from `partition` of the changelog `topic`: from the store's
+    /// checkpoint (or the beginning) to the end of the partition as it was when the restore
+    /// began, in batches of `config.restore_batch_records` records, each written with its
+    /// checkpoint. The partition is unassigned again afterwards.
+    ///
+    /// The end is the last stable offset when the restore begins: records of a transaction
+    /// still open, or committed but whose commit marker the coordinator has not written yet,
+    /// are not restored. The caller makes sure the previous owner's transactions are finished
+    /// first (a group consumer fetching its committed offsets with `require_stable`, KIP-447,
+    /// waits for exactly that), or restores again.
+    ///
+    /// A checkpoint outside the partition's offsets (the topic was recreated or truncated,
+    /// or retention removed records the store never saw) cannot be trusted: the store is
+    /// cleared and restored from the beginning, and [`RestoreOutcome::wiped`] says so.
+    ///
+    /// Errors: [`RestoreError::Kafka`] on any broker or client error,
+    /// [`RestoreError::Stalled`] when the broker sends nothing for
+    /// `config.restore_stall_timeout_ms`, [`RestoreError::Store`] when the store fails,
+    /// [`RestoreError::KeylessRecord`] when a record has no key. Every wait is bounded: a
+    /// restore fails rather than hangs.
+    pub fn restore<S: PartitionStore + ?Sized>(
+        &self,
+        store: &mut S,
+        topic: &str,
+        partition: i32,
+        config: &StateConfig,
+        progress: &mut dyn FnMut(RestoreProgress),
+    ) -> Result<RestoreOutcome, RestoreError> {
+        let outcome = restore_partition(&self.consumer, store, topic, partition, config, progress);
+        // Whatever happened, the next restore starts from a consumer that holds nothing.
+        if let Err(error) = self.consumer.unassign() {
+            tracing::warn!(%error, topic, partition, "unassigning the restore consumer");
+        }
+        outcome
+    }
+}
+
+fn restore_partition<S: PartitionStore + ?Sized>(
+    consumer: &BaseConsumer<RestoreContext>,
+    store: &mut S,
     topic: &str,
     partition: i32,
     config: &StateConfig,
@@ -181,9 +242,6 @@ pub fn restore_with<S: PartitionStore + ?Sized>(
     };
     let wait = Duration::from_millis(config.restore_stall_timeout_ms);
 
-    let consumer: BaseConsumer<RestoreContext> = restore_consumer_config(consumer_config)
-        .create_with_context(RestoreContext)
-        .map_err(|e| kafka("creating the restore consumer", e))?;
     // Under read_committed these are the log start and the last stable offset.
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, wait)
@@ -279,7 +337,7 @@ pub fn restore_with<S: PartitionStore + ?Sized>(
                 // Past the last record there may be only markers and aborted records, which
                 // read_committed skips: the consumer's position is then beyond `next`, and
                 // everything before it is applied.
-                if let Some(position) = position(&consumer, topic, partition) {
+                if let Some(position) = position(consumer, topic, partition) {
                     next = next.max(position);
                 }
                 break;

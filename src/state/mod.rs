@@ -29,7 +29,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use changelog::{restore, restore_with, RestoreError, RestoreOutcome, RestoreProgress};
+pub use changelog::{
+    restore, restore_with, RestoreError, RestoreOutcome, RestoreProgress, Restorer,
+};
 pub use dir::{Opened, StateDir};
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore};
