@@ -3,9 +3,8 @@
 //!
 //! - [`send`] waits for room when librdkafka's queue is full instead of failing;
 //! - [`flush`] serves delivery reports in short polls until nothing is in flight;
-//! - [`abort`] purges what was never sent and serves the reports of what is in flight
-//!   before it aborts, because `abort_transaction` waits for those reports and nobody else
-//!   polls;
+//! - [`abort`] serves the delivery reports of the records in flight between resumable
+//!   calls of `abort_transaction`, which waits for those reports while nobody else polls;
 //! - [`retrying`] runs a transactional call again while librdkafka says it is retriable.
 //!
 //! Errors are returned as librdkafka classifies them (`RDKafkaError::txn_requires_abort`,
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::warn;
 
@@ -67,13 +66,19 @@ pub fn flush<C: ProducerContext<DeliveryOpaque = ()>>(
 
 /// Aborts the open transaction.
 ///
-/// librdkafka's `abort_transaction` waits until every record of the transaction has its
-/// delivery report served. A `BaseProducer` serves reports only when polled, and the thread
-/// that would poll is the one waiting in `abort_transaction`: with records in flight the
-/// abort timed out ("the event queue must be polled for delivery report events ... prior to
-/// calling abort") and the failed abort stopped the service. So: purge the records still in
-/// librdkafka's queue (the broker never saw them), serve the reports of those in flight,
-/// then abort.
+/// librdkafka's `abort_transaction` purges the records still in its queue (flagged as an
+/// abort's purge, so the idempotent sequence numbers stay consistent) and then waits until
+/// every record of the transaction has its delivery report served. A `BaseProducer` serves
+/// reports only when polled, and the thread that would poll is the one waiting in
+/// `abort_transaction`: with records in flight the abort timed out ("the event queue must be
+/// polled for delivery report events ... prior to calling abort"). librdkafka documents that
+/// timeout as retriable, the abort resuming where it stopped. So, with records in flight: a
+/// short first call (which purges), then serve the reports, then resume the abort with the
+/// rest of `timeout`.
+///
+/// Purging here with `rd_kafka_purge` instead is wrong: without the abort's flag the purged
+/// records leave a gap in the partition's sequence numbers and the *next* transaction fails
+/// with "skipped sequence numbers".
 ///
 /// Errors: a fatal error (the producer was fenced) or a timeout; retriable errors are
 /// retried for up to `timeout`.
@@ -81,9 +86,27 @@ pub fn abort<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    producer.purge(PurgeConfig::default().queue());
-    flush(producer, timeout);
-    retrying(timeout, || producer.abort_transaction(timeout))
+    const PURGE_CALL: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let call = if producer.in_flight_count() > 0 {
+            PURGE_CALL.min(remaining)
+        } else {
+            remaining
+        };
+        match producer.abort_transaction(call) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                if producer.in_flight_count() == 0 {
+                    warn!(error = %e, "retriable transaction error while aborting; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                flush(producer, deadline.saturating_duration_since(Instant::now()));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Runs a transactional call again while librdkafka says its error is retriable (as its
