@@ -17,6 +17,8 @@ pub enum Role {
     /// A consumer outside the group, assigned the partitions of the input topics after the
     /// first, alongside the group member's partitions of the first.
     FollowerConsumer,
+    /// A consumer outside the group, reading the instances topic (the order API).
+    DirectoryConsumer,
     /// The transactional producer of all outputs.
     TransactionalProducer,
     /// A plain producer (the demo generator).
@@ -89,6 +91,13 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
             // Never joins nor commits: offsets commit in the transactions, under the group.
             client.set("group.id", format!("{}-follower", config.application.id));
         }
+        Role::DirectoryConsumer => {
+            consumer(&mut client);
+            // Adverts are plain produces: read them as soon as they land.
+            client
+                .set("group.id", format!("{}-directory", config.application.id))
+                .set("isolation.level", "read_uncommitted");
+        }
         Role::TransactionalProducer => {
             producer(&mut client);
             client
@@ -101,4 +110,84 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
         Role::Producer => producer(&mut client),
     }
     client
+}
+
+/// The partition Kafka's Java producer (and librdkafka's `murmur2_random` partitioner, which
+/// the service and its generator use) gives a record with `key` among `partitions`: murmur2
+/// of the key, sign bit cleared, modulo the partition count. The order API finds the
+/// partition, and so the instance, holding an order with it; the inputs must be keyed by
+/// order id with this partitioner (the Java default) for that to hold.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's `Utils.murmur2` (seed 0x9747b28c), bit for bit.
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expected values are those of Kafka's own `UtilsTest.testMurmur2`.
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            (b"abc", 479470107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2(key) as i32,
+                expected,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_are_in_range() {
+        for n in 1..20 {
+            for key in ["A", "order-1", "T-0000395", ""] {
+                let p = partition_for_key(key.as_bytes(), n);
+                assert!((0..n).contains(&p));
+            }
+        }
+    }
 }

@@ -114,6 +114,20 @@ impl Engine {
         self.settle(graph).changes
     }
 
+    /// Every change record the order's graph produced, in sequence order: its distinct
+    /// events applied again, in their arrival order, to an empty graph. The engine is
+    /// deterministic, so with the rules the graph was built with these are the records that
+    /// were emitted, sequences included (what the order API replays to a client that
+    /// missed some).
+    pub fn history(&self, graph: &OrderGraph) -> Vec<MilestoneChange> {
+        let mut replay = OrderGraph::new(graph.order_id.clone());
+        let mut changes = Vec::new();
+        for event in &graph.events {
+            changes.extend(self.apply(&mut replay, event.clone()).changes);
+        }
+        changes
+    }
+
     /// The order view (contract section 3).
     pub fn view(&self, graph: &OrderGraph) -> OrderView {
         let facts = item_facts(&self.rules, &graph.events);
@@ -416,5 +430,25 @@ evidence = [{ event_types = ["Express"], where = { marketplace = "UK", "attribut
         let rules = BUILTIN_RULES.replace("final = true", "");
         let engine = Engine::new(Arc::new(Rules::parse(&rules, "no-final").unwrap()));
         assert_eq!(engine.finished_at(&graph), None);
+    }
+
+    #[test]
+    fn history_replays_exactly_the_records_the_arrivals_produced() {
+        let engine = Engine::new(Arc::new(Rules::builtin().unwrap()));
+        let mut graph = OrderGraph::new("A");
+        let mut emitted = Vec::new();
+        // Out of order, with a duplicate: placeholders first, confirmed later.
+        for e in [
+            event("d", "Delivered", 400, &[]),
+            event("c", "OrderCreated", 100, &[("x", 1)]),
+            event("d", "Delivered", 400, &[]),
+            event("o", "OutForDelivery", 300, &[]),
+        ] {
+            emitted.extend(engine.apply(&mut graph, e).changes);
+        }
+        let history = engine.history(&graph);
+        assert_eq!(history, emitted);
+        let sequences: Vec<u64> = history.iter().map(|c| c.sequence).collect();
+        assert_eq!(sequences, (1..=graph.sequence()).collect::<Vec<_>>());
     }
 }

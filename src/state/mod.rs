@@ -34,7 +34,7 @@ pub use changelog::{
 };
 pub use dir::{Opened, StateDir};
 pub use memory::MemoryStore;
-pub use rocks::{RocksOptions, RocksStore};
+pub use rocks::{RocksOptions, RocksStore, StoreReader};
 
 /// One input partition's order graphs (values are `engine::codec` bytes, keys are order ids),
 /// plus the changelog position they reflect.

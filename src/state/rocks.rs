@@ -88,7 +88,9 @@ impl RocksOptions {
 /// layout and why writes skip the WAL. Call [`close`](RocksStore::close) to flush; a drop
 /// without it still flushes, but cannot report an error.
 pub struct RocksStore {
-    db: DB,
+    /// Shared with the [`StoreReader`]s of the order API, which read committed state while
+    /// this store is written.
+    db: Arc<DB>,
     path: PathBuf,
     write_options: WriteOptions,
     /// Keeps the state directory locked while this store is open, even if the `StateDir`
@@ -119,7 +121,7 @@ impl RocksStore {
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         let store = RocksStore {
-            db,
+            db: Arc::new(db),
             path: path.to_owned(),
             write_options,
             _dir_lock: dir_lock,
@@ -157,6 +159,17 @@ impl RocksStore {
         Ok(empty)
     }
 
+    /// A handle that reads this store from other threads (the order API), while the owner
+    /// goes on writing. The database closes when the store and every reader are gone; the
+    /// processor stops handing the reader out before it closes the store
+    /// ([`crate::api::LocalOrders::stop_serving`]).
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+            path: Arc::new(self.path.clone()),
+        }
+    }
+
     /// The directory of this store.
     pub fn path(&self) -> &Path {
         &self.path
@@ -174,7 +187,14 @@ impl RocksStore {
     /// Errors: [`StoreError::Rocks`] when the flush fails; the store is closed anyway, and
     /// its checkpoint still matches its data (the next restore redoes the lost tail).
     pub fn close(self) -> Result<(), StoreError> {
-        self.flush()
+        let flushed = self.flush();
+        // A reader in the middle of a read still holds the database (and its lock file); a
+        // read takes microseconds. Waiting for it lets the partition be opened again at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while Arc::strong_count(&self.db) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        flushed
     }
 
     fn rocks(&self, op: &'static str, source: rocksdb::Error) -> StoreError {
@@ -190,6 +210,31 @@ impl RocksStore {
             path: self.path.clone(),
             what,
         }
+    }
+}
+
+/// Reads one partition's store from another thread: see [`RocksStore::reader`]. RocksDB
+/// reads are thread-safe and see every write that completed before them, and the store is
+/// written only after the transaction commits, so a reader sees committed state only.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<DB>,
+    path: Arc<PathBuf>,
+}
+
+impl StoreReader {
+    /// The value stored under `key` (an order id), if any.
+    ///
+    /// Errors: [`StoreError::Rocks`] when RocksDB fails to read.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        data_key(&mut k, key);
+        let value = self.db.get_pinned(&k).map_err(|source| StoreError::Rocks {
+            op: "get",
+            path: self.path.as_ref().clone(),
+            source,
+        })?;
+        Ok(value.map(|v| v.to_vec()))
     }
 }
 
