@@ -12,6 +12,7 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::AuthConfig;
 pub use crate::ingest::{Format, RegistryConfig};
 pub use crate::state::StateConfig;
 
@@ -52,6 +53,9 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Bearer tokens of the order API.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +145,16 @@ pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz` and the order API. Default `0.0.0.0:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The base URL other instances forward order requests to, e.g.
+    /// `http://milestones-0.milestones:8080`. Default: `http://<host>:<port>` with the
+    /// listen address's IP, or the host name when it listens on every address.
+    #[serde(default)]
+    pub advertised_url: Option<String>,
+    /// How many order event streams (`GET /orders/{id}/events`) may be open at once on this
+    /// instance; beyond it, 503 with `Retry-After`. Each costs a connection and a few KiB,
+    /// never a share of the processing. Default 10000.
+    #[serde(default = "default_max_event_streams")]
+    pub max_event_streams: usize,
 }
 
 fn default_application_id() -> String {
@@ -168,6 +182,9 @@ fn default_transaction_timeout_ms() -> u64 {
 }
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
+}
+fn default_max_event_streams() -> usize {
+    10_000
 }
 fn default_threads() -> u16 {
     1
@@ -214,6 +231,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            advertised_url: None,
+            max_event_streams: default_max_event_streams(),
         }
     }
 }
@@ -232,6 +251,7 @@ impl Default for Config {
             state: StateConfig::default(),
             processing: ProcessingConfig::default(),
             http: HttpConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -368,6 +388,7 @@ impl Config {
         names.push(("topics.status", t.status.clone()));
         names.push(("the changelog", self.changelog_topic()));
         names.push(("the dead-letter topic", self.dead_letter_topic()));
+        names.push(("the instances topic", self.instances_topic()));
         for (i, (field, name)) in names.iter().enumerate() {
             if name.trim().is_empty() {
                 return invalid(format!("{field} names an empty topic"));
@@ -404,6 +425,13 @@ impl Config {
         if uses_avro && self.schema_registry.url.trim().is_empty() {
             return invalid("topics use the avro format but schema_registry.url is empty".into());
         }
+        if let Some(url) = &self.http.advertised_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "http.advertised_url `{url}` must start with http:// or https://"
+                ));
+            }
+        }
         for (section, map) in [
             ("kafka.properties", &self.kafka.properties),
             ("kafka.consumer", &self.kafka.consumer),
@@ -428,6 +456,12 @@ impl Config {
     /// `<application.id>-dlq`: bad input records, unchanged, with the reason in headers.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}-dlq", self.application.id)
+    }
+
+    /// `<application.id>-instances`: each instance's HTTP address and the partitions it
+    /// serves, so that any instance can forward an order request to the owner (compacted).
+    pub fn instances_topic(&self) -> String {
+        format!("{}-instances", self.application.id)
     }
 
     /// This instance's transactional id.

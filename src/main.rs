@@ -101,6 +101,22 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Prints a bearer token for the order API, signed with auth.hs256_secret: a customer's
+    /// (`--sub CUSTOMER_ID`) or, with --operator, one that sees every order. For the demo
+    /// and tests; production tokens come from the identity provider.
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The token's subject: the customer id whose orders it may see.
+        #[arg(long)]
+        sub: String,
+        /// Give the token the operator role (auth.operator_role): every order.
+        #[arg(long)]
+        operator: bool,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +311,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token {
+            config,
+            sub,
+            operator,
+            ttl,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let token = api::auth::hs256_token(&config.auth, &sub, operator, ttl)
+                .context("auth.hs256_secret is needed to sign tokens")?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topology {
             command: TopologyCommand::Describe { config },
         } => {
@@ -341,35 +369,95 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
         std::process::exit(1);
     });
     let telemetry = processor::Telemetry::new().context("metrics")?;
+    let engine = Engine::new(Arc::new(rules));
+    let auth = api::Authenticator::new(&config.auth).context("auth")?;
     // The endpoints come up first, so that /healthz and /readyz tell the truth from the start.
     let server = runtime
-        .block_on(api::Server::bind(
+        .block_on(api::Server::bind_router(
             config.http.listen,
-            telemetry.metrics.clone(),
-            telemetry.health.clone(),
+            axum::Router::new(),
         ))
         .context("http")?;
-    tracing::info!(listen = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+    let url = advertised_url(&config, server.local_addr());
+    let directory = Arc::new(api::Directory::new(&config.application.instance_id, &url));
+    let orders = api::OrderApi::new(
+        telemetry.orders.clone(),
+        telemetry.health.clone(),
+        engine.clone(),
+        auth,
+        directory.clone(),
+        telemetry.metrics.clone(),
+        config.http.max_event_streams,
+    )
+    .context("order API")?;
+    let server = server.with_router(api::service_router(
+        telemetry.metrics.clone(),
+        telemetry.health.clone(),
+        Arc::new(orders),
+    ));
+    tracing::info!(listen = %server.local_addr(), %url, "serving the order API, /metrics, /healthz, /readyz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = runtime.spawn(server.run(async {
         let _ = http_stopped.await;
     }));
+    let (stop_directory, directory_stopped) = tokio::sync::oneshot::channel::<()>();
+    let directory_task = {
+        let (config, health) = (config.clone(), telemetry.health.clone());
+        runtime.spawn(async move {
+            let stopped = async {
+                let _ = directory_stopped.await;
+            };
+            directory.run(&config, health, stopped).await
+        })
+    };
 
-    let engine = Engine::new(Arc::new(rules));
     let handle = runtime.handle().clone();
     let processor = std::thread::Builder::new()
         .name("processor".into())
         .spawn(move || processor::run(&config, engine, handle, &shutdown, &telemetry))
         .context("starting the processor thread")?;
     let result = processor.join();
+    let _ = stop_directory.send(());
+    match runtime.block_on(directory_task) {
+        Ok(Err(error)) => tracing::warn!(%error, "instances directory"),
+        Err(error) => tracing::warn!(%error, "instances directory task"),
+        Ok(Ok(())) => {}
+    }
+    // Graceful: the requests in flight get their answers. Event streams relayed from
+    // another instance would hold the server open as long as their client listens, so the
+    // wait is bounded; those clients reconnect elsewhere.
     let _ = stop_http.send(());
-    if let Ok(Err(error)) = runtime.block_on(http) {
-        tracing::warn!(%error, "http server");
+    match runtime.block_on(async { tokio::time::timeout(HTTP_DRAIN, http).await }) {
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "http server"),
+        Err(_) => tracing::info!(
+            after_s = HTTP_DRAIN.as_secs(),
+            "open HTTP connections closed at shutdown"
+        ),
+        _ => {}
     }
     match result {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(error)) => Err(error).context("processor"),
         Err(_) => anyhow::bail!("the processor thread panicked"),
+    }
+}
+
+/// How long, at shutdown, the HTTP server may take to finish the requests in flight.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The base URL other instances forward order requests to: `http.advertised_url`, else the
+/// bound address, with the host name in place of an unspecified IP (0.0.0.0).
+fn advertised_url(config: &Config, bound: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.http.advertised_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    if bound.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("http://{host}:{}", bound.port())
+    } else {
+        format!("http://{bound}")
     }
 }
 

@@ -21,6 +21,8 @@
 //! | [`state_size`](Metrics::state_size) | `milestones_state_bytes{partition}`, `milestones_state_orders{partition}` |
 //! | [`consumer_lag`](Metrics::consumer_lag) | `milestones_consumer_lag{topic, partition}` |
 //! | [`partition_revoked`](Metrics::partition_revoked) | removes the partition's series of the gauges above |
+//! | [`http_request`](Metrics::http_request) | `milestones_http_requests_total{route, status}`, `milestones_http_request_seconds{route}` |
+//! | [`event_stream_opened`](Metrics::event_stream_opened) | `milestones_http_event_streams` (open order event streams; the guard it returns closes) |
 //!
 //! Plus the `process_*` metrics of the process collector (CPU, memory, open files, threads)
 //! on Linux.
@@ -35,7 +37,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
@@ -59,6 +62,9 @@ pub const RESTORES: &str = "milestones_restores_total";
 pub const STATE_BYTES: &str = "milestones_state_bytes";
 pub const STATE_ORDERS: &str = "milestones_state_orders";
 pub const CONSUMER_LAG: &str = "milestones_consumer_lag";
+pub const HTTP_REQUESTS: &str = "milestones_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "milestones_http_request_seconds";
+pub const HTTP_EVENT_STREAMS: &str = "milestones_http_event_streams";
 
 // Label names.
 pub const LABEL_TOPIC: &str = "topic";
@@ -68,6 +74,8 @@ pub const LABEL_MILESTONE: &str = "milestone";
 pub const LABEL_INFERRED: &str = "inferred";
 pub const LABEL_CLASS: &str = "class";
 pub const LABEL_OUTCOME: &str = "outcome";
+pub const LABEL_ROUTE: &str = "route";
+pub const LABEL_STATUS: &str = "status";
 
 // Label values that are not data.
 pub const OUTCOME_COMMITTED: &str = "committed";
@@ -93,6 +101,11 @@ const COMMIT_BUCKETS: &[f64] = &[
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// HTTP answers: well under a millisecond from the local store, a few with a forward.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// The service's metrics. Cheap to call from the processing loop: counters are atomics;
@@ -121,6 +134,9 @@ pub struct Metrics {
     state_bytes: IntGaugeVec,
     state_orders: IntGaugeVec,
     consumer_lag: IntGaugeVec,
+    http_requests: IntCounterVec,
+    http_request_seconds: HistogramVec,
+    http_event_streams: IntGauge,
 }
 
 #[derive(Default)]
@@ -300,6 +316,36 @@ impl Metrics {
                          position).",
                     ),
                     &[LABEL_TOPIC, LABEL_PARTITION],
+                )?,
+            )?,
+            http_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        HTTP_REQUESTS,
+                        "HTTP requests answered, by route (its pattern, or `unmatched`) and \
+                         status code.",
+                    ),
+                    &[LABEL_ROUTE, LABEL_STATUS],
+                )?,
+            )?,
+            http_request_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        HTTP_REQUEST_SECONDS,
+                        "Time to answer an HTTP request (to the start of the body for event \
+                         streams), in seconds.",
+                    )
+                    .buckets(HTTP_BUCKETS.to_vec()),
+                    &[LABEL_ROUTE],
+                )?,
+            )?,
+            http_event_streams: register(
+                r,
+                IntGauge::new(
+                    HTTP_EVENT_STREAMS,
+                    "Order event streams (Server-Sent Events) open on this instance.",
                 )?,
             )?,
             registry,
@@ -516,6 +562,28 @@ impl Metrics {
         }
     }
 
+    /// An HTTP request to `route` (the matched route pattern, so one series per route and
+    /// not per order) was answered with `status` after `elapsed`.
+    pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.http_request_seconds
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An order event stream opened; it counts as open until the returned guard drops.
+    pub fn event_stream_opened(&self) -> EventStreamGuard {
+        self.http_event_streams.inc();
+        EventStreamGuard(self.http_event_streams.clone())
+    }
+
+    /// How many order event streams are open.
+    pub fn event_streams_open(&self) -> i64 {
+        self.http_event_streams.get()
+    }
+
     /// Records of the input `topic`/`partition` not yet consumed.
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag
@@ -566,6 +634,15 @@ impl Metrics {
 
 /// Registers a clone of `collector` (prometheus metrics are handles onto shared values) and
 /// returns it for recording.
+/// An open order event stream, counted in `milestones_http_event_streams` until dropped.
+pub struct EventStreamGuard(IntGauge);
+
+impl Drop for EventStreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn register<C: Collector + Clone + 'static>(
     registry: &Registry,
     collector: C,

@@ -47,6 +47,8 @@ pub enum TopicRole {
     Status,
     Changelog,
     DeadLetter,
+    /// Where each instance advertises its HTTP address and partitions (the order API).
+    Instances,
 }
 
 /// A topic as the service wants it.
@@ -97,6 +99,12 @@ pub fn plan(config: &Config, input_partitions: Option<i32>) -> Vec<TopicSpec> {
         TopicRole::DeadLetter,
         1,
         vec![],
+    ));
+    topics.push(spec(
+        &config.instances_topic(),
+        TopicRole::Instances,
+        1,
+        vec![("cleanup.policy", "compact")],
     ));
     topics
 }
@@ -278,6 +286,13 @@ pub fn describe(config: &Config, rules: &Rules) -> String {
         out,
         "  {:<40} bad input records, unchanged, reason in headers",
         config.dead_letter_topic()
+    );
+    let _ = writeln!(
+        out,
+        "\ninstances, for the order API on {}:\n  {:<40} each instance's HTTP address and \
+         partitions, compacted, one partition",
+        config.http.listen,
+        config.instances_topic()
     );
     out
 }

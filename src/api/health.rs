@@ -142,6 +142,11 @@ impl Health {
         }
     }
 
+    /// Where `partition` stands here; None when it is not assigned to this instance.
+    pub fn partition_state(&self, partition: i32) -> Option<PartitionState> {
+        self.lock().get(&partition).copied()
+    }
+
     /// Every assigned partition and its state, in partition order.
     pub fn partitions(&self) -> Vec<(i32, PartitionState)> {
         self.lock().iter().map(|(p, s)| (*p, *s)).collect()

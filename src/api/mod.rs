@@ -5,7 +5,11 @@
 //! | `GET /metrics` | 200, every metric in the Prometheus text format (`text/plain; version=0.0.4`) |
 //! | `GET /healthz` | 200 `ok` while the processing loop heartbeats within the bound ([`Health`]); 503 `stale: ...` otherwise |
 //! | `GET /readyz` | 200 `{"ready":true,"restoring":[]}` when no assigned partition is still to restore; 503 `{"ready":false,"restoring":[0,3]}` otherwise |
-//! | anything else | 404 |
+//! | `GET /orders/{id}`, `/orders/{id}/events`, `/track/{id}` | the order API ([`orders`]), behind bearer tokens ([`auth`]); described in `openapi.yaml` |
+//! | anything else | 404 `{"error": ...}` |
+//!
+//! Every request is counted and timed by route (`milestones_http_requests_total`,
+//! `milestones_http_request_seconds`).
 //!
 //! Wiring, with the bound address known before serving (tests listen on port 0):
 //!
@@ -30,7 +34,11 @@
 //!
 //! [`serve`] does both in one call when the address does not matter.
 
+pub mod auth;
+pub mod directory;
 mod health;
+mod local;
+pub mod orders;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,7 +51,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
+pub use auth::{AuthConfig, Authenticator, Caller};
+pub use directory::Directory;
 pub use health::{Health, PartitionState, Readiness, DEFAULT_STALE_AFTER};
+pub use local::{LocalOrders, Watch};
+pub use orders::OrderApi;
 
 use crate::metrics::Metrics;
 
@@ -75,6 +87,42 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health })
+        .fallback(no_route)
+}
+
+/// [`router`] and the order routes together: everything `milestones run` serves, each
+/// request counted and timed in the metrics by its route.
+pub fn service_router(metrics: Arc<Metrics>, health: Arc<Health>, orders: Arc<OrderApi>) -> Router {
+    router(metrics.clone(), health)
+        .merge(orders::routes(orders))
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+/// Counts and times a request under its route pattern (`/orders/{order_id}`, not the id:
+/// one series per route), or `unmatched`.
+async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics.http_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("no route {method} {}", uri.path()) })),
+    )
+        .into_response()
 }
 
 /// A bound, not yet serving, HTTP server: [`local_addr`](Server::local_addr) is the address
@@ -113,6 +161,11 @@ impl Server {
             local_addr,
             router,
         })
+    }
+
+    /// Serves `router` instead: for routes that need the bound address to be built.
+    pub fn with_router(self, router: Router) -> Server {
+        Server { router, ..self }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

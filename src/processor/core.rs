@@ -15,7 +15,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tracing::{debug, info, warn};
 
-use crate::api::Health;
+use crate::api::{Health, LocalOrders};
 use crate::emit::txn::{self, flush, retrying, send, TXN_TIMEOUT};
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
@@ -218,6 +218,9 @@ pub(crate) struct Core {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// The order API's view of the served partitions: told when one starts or stops being
+    /// served, and which orders each commit changed.
+    pub orders: Arc<LocalOrders>,
     txn: Option<Txn>,
     /// The committed transaction's `times`, emptied, for the next one.
     spare_times: Vec<(i64, Option<i64>)>,
@@ -237,6 +240,7 @@ impl Core {
         settings: Settings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        orders: Arc<LocalOrders>,
     ) -> Core {
         Core {
             engine,
@@ -250,6 +254,7 @@ impl Core {
             pending: Vec::new(),
             metrics,
             health,
+            orders,
             txn: None,
             spare_times: Vec::new(),
             records_unclocked: 0,
@@ -538,6 +543,8 @@ impl Core {
                 if !batch.is_empty() {
                     task.store.write(batch)?;
                 }
+                // In the store now: the order API's event streams may read it.
+                self.orders.committed(task.dirty.keys());
                 task.dirty.clear();
                 task.committed_stream_time = task.stream_time;
                 self.metrics
@@ -668,6 +675,7 @@ impl Core {
     /// Closes the store of a partition this instance no longer owns.
     pub fn close_task(&mut self, partition: i32) {
         self.metrics.partition_revoked(partition);
+        self.orders.stop_serving(partition);
         self.health.partition_revoked(partition);
         if let Some(task) = self.tasks.remove(&partition) {
             if let Err(error) = task.store.close() {

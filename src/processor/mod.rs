@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::api::Health;
+use crate::api::{Health, LocalOrders};
 use crate::config::{Config, Format};
 use crate::emit::txn::TXN_TIMEOUT;
 use crate::emit::RecordEncoder;
@@ -71,11 +71,13 @@ pub enum ProcessorError {
     Internal(String),
 }
 
-/// Where the processor reports: metrics and health, shared with the HTTP endpoints.
+/// What the processor shares with the HTTP endpoints: metrics, health, and the served
+/// partitions' stores and commits for the order API.
 #[derive(Clone)]
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub orders: Arc<LocalOrders>,
 }
 
 impl Telemetry {
@@ -86,6 +88,7 @@ impl Telemetry {
         Ok(Telemetry {
             metrics: Arc::new(Metrics::new()?),
             health: Arc::new(Health::default()),
+            orders: Arc::new(LocalOrders::default()),
         })
     }
 }
@@ -110,7 +113,8 @@ pub fn run(
     telemetry: &Telemetry,
 ) -> Result<(), ProcessorError> {
     let existing = topics::existing_partitions(config)?;
-    topics::check(config, &existing)?;
+    let partitions = topics::check(config, &existing)?;
+    telemetry.orders.set_partition_count(partitions);
     let state_dir = StateDir::open(&config.state, &config.application.id)?;
     let threads = config.processing.threads.max(1);
     if threads == 1 {
@@ -225,6 +229,7 @@ fn member(
         settings,
         telemetry.metrics.clone(),
         telemetry.health.clone(),
+        telemetry.orders.clone(),
     )));
     // The group assigns the first input topic's partitions; the follower consumes the same
     // partitions of the others (see `processor::core::Inputs`).
@@ -351,7 +356,7 @@ fn restore_pending(
     restorer: &Restorer,
     config: &Config,
 ) -> Result<(), ProcessorError> {
-    let (pending, metrics, health) = {
+    let (pending, metrics, health, orders) = {
         let mut core = lock(core);
         if core.pending.is_empty() {
             return Ok(());
@@ -360,6 +365,7 @@ fn restore_pending(
             std::mem::take(&mut core.pending),
             core.metrics.clone(),
             core.health.clone(),
+            core.orders.clone(),
         )
     };
     let followed_topics = match inputs.follower {
@@ -400,6 +406,7 @@ fn restore_pending(
             applied = outcome.applied,
             "partition restored"
         );
+        orders.serve(partition, store.reader());
         health.partition_ready(partition);
         lock(core).tasks.insert(partition, Task::new(store)?);
         let mut resume = TopicPartitionList::new();

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pipeline;
+pub mod service;
 
 use std::time::Duration;
 

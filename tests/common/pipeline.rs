@@ -42,6 +42,7 @@ pub fn test_config(test: &str, state_dir: &Path) -> Config {
     config.topics.partitions = 3;
     config.state.dir = state_dir.to_path_buf();
     config.http.listen = "127.0.0.1:0".parse().expect("address");
+    config.auth.hs256_secret = Some(super::service::TEST_SECRET.into());
     config.check().expect("valid test config");
     config
 }
@@ -71,8 +72,12 @@ pub fn produce(config: &Config, events: &[OrderEvent]) {
 
 /// Produces records as given (a key or value may be missing), in order.
 pub fn produce_raw(topic: &str, records: &[RawRecord]) {
+    // Idempotent: a produce request retried after a timeout (a fresh broker under load)
+    // must not write its records twice, or the topic holds redeliveries `simulate` on the
+    // same events never saw, and the views' `duplicates` differ (seen once in a full run).
     let producer: BaseProducer = client_config()
         .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .expect("producer");
