@@ -58,10 +58,10 @@ async fn apply_creates_the_topology_once() {
     );
     let existing = topics::existing_partitions(&config).expect("metadata");
     for spec in topics::plan(&config, Some(3)) {
-        let expected = if spec.role == TopicRole::DeadLetter {
-            1
-        } else {
-            3
+        // The dead letters and the instances directory are single-partition topics.
+        let expected = match spec.role {
+            TopicRole::DeadLetter | TopicRole::Instances => 1,
+            _ => 3,
         };
         assert_eq!(existing.get(&spec.name), Some(&expected), "{}", spec.name);
     }
@@ -72,6 +72,7 @@ async fn apply_creates_the_topology_once() {
     assert_eq!(cleanup_policy(&config.changelog_topic()).await, "compact");
     assert_eq!(cleanup_policy(&config.topics.status).await, "compact");
     assert_eq!(cleanup_policy(&config.topics.changes).await, "delete");
+    assert_eq!(cleanup_policy(&config.instances_topic()).await, "compact");
 
     let second = topics::apply(&config).await.expect("second apply");
     assert!(
