@@ -511,3 +511,106 @@ fn openapi_yaml_matches_the_service() {
     assert!(required.is_subset(&properties));
     service.stop();
 }
+
+/// Opens an event stream on a raw socket and never reads from it: the slowest client.
+fn silent_stream(service: &Service, order: &str, token: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let address = service.base.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        socket,
+        "GET /orders/{order}/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("request");
+    socket
+}
+
+/// Slow clients: event streams whose clients never read cost the processing nothing
+/// (every order still reaches its view while they are open), and past
+/// `http.max_event_streams` a new stream gets 503 with `Retry-After` while plain requests
+/// are still answered; a stream whose client went away frees its place.
+#[test]
+fn silent_stream_clients_do_not_hold_up_processing_and_streams_are_capped() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = config("api_slow", dir.path());
+    config.http.max_event_streams = 6;
+    let events = generated(150, "W");
+    let (_, expected) = simulated(&events);
+    let watched: Vec<String> = expected.keys().take(6).cloned().collect();
+    // The watched orders' first events before the streams open, everything else after, so
+    // the silent streams have records to be sent while the stream is processed.
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for event in &events {
+        let order = event.order_id.to_string();
+        if watched.contains(&order) && !first.iter().any(|e: &OrderEvent| e.order_id == order) {
+            first.push(event.clone());
+        } else {
+            rest.push(event.clone());
+        }
+    }
+    produce(&config, &first[..]);
+    let service = Service::start(&config, dir.path(), "w");
+    let operator = token("ops", true);
+    for order in &watched {
+        get_until(
+            &service.url(&format!("/orders/{order}")),
+            Some(&operator),
+            Duration::from_secs(60),
+            |s, _| s == 200,
+        );
+    }
+    let silent: Vec<_> = watched
+        .iter()
+        .map(|order| silent_stream(&service, order, &operator))
+        .collect();
+
+    // Six open: the seventh stream is refused, the order itself still answered.
+    let client = client();
+    let seventh = service.url(&format!("/orders/{}/events", watched[0]));
+    let refused = get_until(
+        &seventh,
+        Some(&operator),
+        Duration::from_secs(10),
+        |s, _| s == 503,
+    );
+    assert!(
+        refused.1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_event_streams")),
+        "{refused:?}"
+    );
+    let response = client
+        .get(&seventh)
+        .bearer_auth(&operator)
+        .send()
+        .expect("GET");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+
+    // The rest of the stream, the silent clients still connected: processed in full.
+    produce(&config, &rest);
+    all_views_equal(&service, &expected);
+
+    // Clients gone: their streams end at the next write, and streams open again.
+    drop(silent);
+    let started = Instant::now();
+    loop {
+        let response = client
+            .get(&seventh)
+            .bearer_auth(&operator)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .expect("GET");
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "streams still refused {:?} after their clients left",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    service.stop();
+}
