@@ -90,7 +90,7 @@ fn two_instances_answer_every_order_and_keep_answering_while_one_stops() {
     let dir = tempfile::tempdir().expect("dir");
     let config = config("api_two", dir.path());
     let events = generated(120, "A");
-    let (_, expected) = simulated(&events);
+    let (records, expected) = simulated(&events);
     produce(&config, &events);
 
     let a = Service::start(&config, dir.path(), "a");
@@ -119,6 +119,50 @@ fn two_instances_answer_every_order_and_keep_answering_while_one_stops() {
         BTreeSet::from([200, 503]),
         "a holds some orders and forwards the rest"
     );
+
+    // An event stream opened on the instance that does not hold the order is relayed
+    // from the one that does, record for record.
+    let remote = expected
+        .keys()
+        .find(|order| {
+            client()
+                .get(a.url(&format!("/orders/{order}")))
+                .bearer_auth(&operator)
+                .header("x-milestones-forwarded-by", "http://test")
+                .send()
+                .expect("GET")
+                .status()
+                == 503
+        })
+        .expect("an order b holds");
+    let wanted: Vec<Value> = records
+        .iter()
+        .filter(|r| r["order_id"] == remote.as_str())
+        .cloned()
+        .collect();
+    let relayed = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let response = reqwest::Client::new()
+                .get(a.url(&format!("/orders/{remote}/events")))
+                .bearer_auth(&operator)
+                .send()
+                .await
+                .expect("stream");
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            let mut stream = SseReader::new(response);
+            let mut relayed = Vec::new();
+            while relayed.len() < wanted.len() {
+                let event = stream
+                    .next(Duration::from_secs(10))
+                    .await
+                    .expect("a relayed record");
+                relayed.push(serde_json::from_str::<Value>(&event.data).expect("JSON"));
+            }
+            relayed
+        });
+    assert_eq!(relayed, wanted, "the order's records, relayed through a");
 
     b.stop();
     let longest_503 = all_views_equal(&a, &expected);
