@@ -19,6 +19,8 @@ fn yaml_documents(path: &str) -> Vec<Value> {
 }
 
 /// Loads the configuration with exactly `vars` set.
+// figment's Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 fn load_with(vars: &[(String, String)]) -> Config {
     let mut loaded = None;
     Jail::expect_with(|jail| {
