@@ -155,6 +155,11 @@ pub struct HttpConfig {
     /// never a share of the processing. Default 10000.
     #[serde(default = "default_max_event_streams")]
     pub max_event_streams: usize,
+    /// Origins whose pages may call the order API from a browser (CORS), e.g.
+    /// `["https://shop.example.com"]`; `["*"]` for any. Default none: no CORS headers, so
+    /// only pages served by the service itself (the tracker) and non-browser clients.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 fn default_application_id() -> String {
@@ -233,6 +238,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             advertised_url: None,
             max_event_streams: default_max_event_streams(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -432,6 +438,17 @@ impl Config {
                 ));
             }
         }
+        for origin in &self.http.cors_allowed_origins {
+            let scheme_host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if origin != "*" && !scheme_host.is_some_and(|h| !h.is_empty() && !h.contains('/')) {
+                return invalid(format!(
+                    "http.cors_allowed_origins: `{origin}` is not an origin (scheme://host[:port], \
+                     no path) nor `*`"
+                ));
+            }
+        }
         for (section, map) in [
             ("kafka.properties", &self.kafka.properties),
             ("kafka.consumer", &self.kafka.consumer),
@@ -580,6 +597,18 @@ mod tests {
                 ("[state]\ndirr = \"x\"", "dirr"),
                 ("[topics]\ninput_format = \"xml\"", "xml"),
                 ("[http]\nlisten = \"nowhere\"", "listen"),
+                (
+                    "[http]\nadvertised_url = \"milestones-0:8080\"",
+                    "http.advertised_url `milestones-0:8080` must start with http://",
+                ),
+                (
+                    "[http]\ncors_allowed_origins = [\"https://shop.example.com/orders\"]",
+                    "http.cors_allowed_origins: `https://shop.example.com/orders` is not an origin",
+                ),
+                (
+                    "[http]\ncors_allowed_origins = [\"shop.example.com\"]",
+                    "`shop.example.com` is not an origin",
+                ),
             ];
             for (toml, expected) in cases {
                 let message = refusal(jail, toml);

@@ -394,6 +394,7 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
         telemetry.metrics.clone(),
         telemetry.health.clone(),
         Arc::new(orders),
+        &config.http.cors_allowed_origins,
     ));
     tracing::info!(listen = %server.local_addr(), %url, "serving the order API, /metrics, /healthz, /readyz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

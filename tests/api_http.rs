@@ -186,3 +186,109 @@ async fn serve_reports_an_address_it_cannot_bind() {
         "{message}"
     );
 }
+
+/// The service's router with the order API, no Kafka behind it (its orders answer 503:
+/// no partition is known yet), CORS for `origins`.
+async fn order_router(origins: &[&str]) -> (SocketAddr, oneshot::Sender<()>) {
+    use order_milestones::api::{
+        service_router, AuthConfig, Authenticator, Directory, LocalOrders, OrderApi,
+    };
+    use order_milestones::engine::{Engine, Rules};
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let health = Arc::new(Health::default());
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: Some("a secret of at least thirty-two bytes, for the test".into()),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let orders = OrderApi::new(
+        Arc::new(LocalOrders::default()),
+        health.clone(),
+        Engine::new(Arc::new(Rules::builtin().unwrap())),
+        auth,
+        Arc::new(Directory::new("me", "http://127.0.0.1:1")),
+        metrics.clone(),
+        10,
+    )
+    .unwrap();
+    let origins: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
+    let router = service_router(metrics, health, Arc::new(orders), &origins);
+    let server = Server::bind_router(SocketAddr::from(([127, 0, 0, 1], 0)), router)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Browsers on an allowed origin may call the order API (preflight with the bearer token
+/// header, then the GET); other origins, and every origin by default, get no CORS headers.
+#[tokio::test]
+async fn cors_lets_only_the_configured_origins_call_the_order_api() {
+    let client = reqwest::Client::new();
+    let preflight = |addr: SocketAddr, origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{addr}/orders/T1/events"),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, last-event-id",
+            )
+            .send()
+    };
+    let allow_origin = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let (addr, stop) = order_router(&["https://shop.example.com"]).await;
+    let response = preflight(addr, "https://shop.example.com").await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        allow_origin(&response).as_deref(),
+        Some("https://shop.example.com")
+    );
+    let allowed_headers = response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed_headers.contains("authorization") && allowed_headers.contains("last-event-id"),
+        "{allowed_headers}"
+    );
+    // The real request: answered (401, no token) with the origin allowed to read it.
+    let response = client
+        .get(format!("http://{addr}/orders/T1"))
+        .header("Origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        allow_origin(&response).as_deref(),
+        Some("https://shop.example.com")
+    );
+    let response = preflight(addr, "https://evil.example.com").await.unwrap();
+    assert_eq!(allow_origin(&response), None, "an origin not on the list");
+    let _ = stop.send(());
+
+    let (addr, stop) = order_router(&[]).await;
+    let response = client
+        .get(format!("http://{addr}/orders/T1"))
+        .header("Origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(allow_origin(&response), None, "no CORS unless configured");
+    let _ = stop.send(());
+}

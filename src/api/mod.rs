@@ -91,12 +91,48 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
 }
 
 /// [`router`] and the order routes together: everything `milestones run` serves, each
-/// request counted and timed in the metrics by its route.
-pub fn service_router(metrics: Arc<Metrics>, health: Arc<Health>, orders: Arc<OrderApi>) -> Router {
-    router(metrics.clone(), health)
+/// request counted and timed in the metrics by its route; with `cors_allowed_origins`
+/// (`http.cors_allowed_origins`), browsers on those origins may call it ([`cors`]).
+pub fn service_router(
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    orders: Arc<OrderApi>,
+    cors_allowed_origins: &[String],
+) -> Router {
+    let router = router(metrics.clone(), health)
         .merge(orders::routes(orders))
         .fallback(no_route)
-        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe));
+    match cors(cors_allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for pages on `origins` (`*`: any): `GET` with the `Authorization` and
+/// `Last-Event-ID` headers, preflights cached 10 minutes. None for no origins.
+pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Config::check refused anything that is not an origin.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Counts and times a request under its route pattern (`/orders/{order_id}`, not the id:
