@@ -166,12 +166,16 @@ fn default_application_id() -> String {
     "order-milestones".into()
 }
 fn default_instance_id() -> String {
+    hostname().unwrap_or_else(|| "instance-0".into())
+}
+
+/// This machine's (or pod's) host name, if it has one.
+pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "instance-0".into())
 }
 fn default_bootstrap_servers() -> String {
     "127.0.0.1:9092".into()

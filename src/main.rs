@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use order_milestones::config::{Config, Format};
+use order_milestones::config::{hostname, Config, Format};
 use order_milestones::engine::{Engine, Rules};
 use order_milestones::generate::{self, GenerateConfig, Generator, KafkaTarget};
 use order_milestones::{api, processor, simulate, topics};
@@ -444,7 +444,7 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
 }
 
 /// How long, at shutdown, the HTTP server may take to finish the requests in flight.
-const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+const HTTP_DRAIN: Duration = Duration::from_secs(3);
 
 /// The base URL other instances forward order requests to: `http.advertised_url`, else the
 /// bound address, with the host name in place of an unspecified IP (0.0.0.0).
@@ -453,9 +453,7 @@ fn advertised_url(config: &Config, bound: std::net::SocketAddr) -> String {
         return url.trim_end_matches('/').to_string();
     }
     if bound.ip().is_unspecified() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
+        let host = hostname().unwrap_or_else(|| "localhost".into());
         format!("http://{host}:{}", bound.port())
     } else {
         format!("http://{bound}")

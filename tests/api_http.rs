@@ -243,6 +243,12 @@ async fn cors_lets_only_the_configured_origins_call_the_order_api() {
             )
             .send()
     };
+    let get_from_shop = |addr: SocketAddr| {
+        client
+            .get(format!("http://{addr}/orders/T1"))
+            .header("Origin", "https://shop.example.com")
+            .send()
+    };
     let allow_origin = |response: &reqwest::Response| {
         response
             .headers()
@@ -266,12 +272,7 @@ async fn cors_lets_only_the_configured_origins_call_the_order_api() {
         "{allowed_headers}"
     );
     // The real request: answered (401, no token) with the origin allowed to read it.
-    let response = client
-        .get(format!("http://{addr}/orders/T1"))
-        .header("Origin", "https://shop.example.com")
-        .send()
-        .await
-        .unwrap();
+    let response = get_from_shop(addr).await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(
         allow_origin(&response).as_deref(),
@@ -282,12 +283,7 @@ async fn cors_lets_only_the_configured_origins_call_the_order_api() {
     let _ = stop.send(());
 
     let (addr, stop) = order_router(&[]).await;
-    let response = client
-        .get(format!("http://{addr}/orders/T1"))
-        .header("Origin", "https://shop.example.com")
-        .send()
-        .await
-        .unwrap();
+    let response = get_from_shop(addr).await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(allow_origin(&response), None, "no CORS unless configured");
     let _ = stop.send(());

@@ -81,6 +81,20 @@ fn all_views_equal(service: &Service, expected: &BTreeMap<String, Value>) -> Dur
     longest
 }
 
+/// The status of `GET /orders/{order}` on `service` for a request marked as already
+/// forwarded, which is never forwarded again: 200 when `service` holds the order, 503 when
+/// another instance does.
+fn status_unforwarded(service: &Service, order: &str, token: &str) -> u16 {
+    client()
+        .get(service.url(&format!("/orders/{order}")))
+        .bearer_auth(token)
+        .header("x-milestones-forwarded-by", "http://test")
+        .send()
+        .expect("GET")
+        .status()
+        .as_u16()
+}
+
 /// Two instances answer for every order, whichever holds it (the other forwards), equal to
 /// `simulate`; when one stops, its partitions move and every order is still answered,
 /// after a short 503 at most.
@@ -103,16 +117,7 @@ fn two_instances_answer_every_order_and_keep_answering_while_one_stops() {
     let operator = token("ops", true);
     let statuses: BTreeSet<u16> = expected
         .keys()
-        .map(|order| {
-            client()
-                .get(a.url(&format!("/orders/{order}")))
-                .bearer_auth(&operator)
-                .header("x-milestones-forwarded-by", "http://test")
-                .send()
-                .expect("GET")
-                .status()
-                .as_u16()
-        })
+        .map(|order| status_unforwarded(&a, order, &operator))
         .collect();
     assert_eq!(
         statuses,
@@ -124,16 +129,7 @@ fn two_instances_answer_every_order_and_keep_answering_while_one_stops() {
     // from the one that does, record for record.
     let remote = expected
         .keys()
-        .find(|order| {
-            client()
-                .get(a.url(&format!("/orders/{order}")))
-                .bearer_auth(&operator)
-                .header("x-milestones-forwarded-by", "http://test")
-                .send()
-                .expect("GET")
-                .status()
-                == 503
-        })
+        .find(|order| status_unforwarded(&a, order, &operator) == 503)
         .expect("an order b holds");
     let wanted: Vec<Value> = records
         .iter()

@@ -152,16 +152,7 @@ fn exactly_once_through_repeated_kill_9() {
     let mut child = spawn_service(&file);
     wait_for_views(&config, &expected_views);
     let stop = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let exited = child.wait().expect("exit status");
-    assert!(
-        exited.success(),
-        "SIGTERM should stop the service cleanly, got {exited}"
-    );
+    common::service::stop_cleanly(&mut child);
     assert!(
         stop.elapsed() < Duration::from_secs(30),
         "stopping took {:?}",

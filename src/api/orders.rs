@@ -112,7 +112,6 @@ pub struct OrderQuery {
 enum Located {
     Local(i32),
     Remote(String),
-    Unavailable(String),
 }
 
 async fn get_order(
@@ -120,12 +119,8 @@ async fn get_order(
     Path(order_id): Path<String>,
     Query(query): Query<OrderQuery>,
     headers: HeaderMap,
-) -> Response {
-    let token = bearer(&headers, &query);
-    let caller = match admit(&api, &order_id, token) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let (token, caller) = admit(&api, &order_id, &headers, &query)?;
     view_response(&api, &order_id, &caller, token, &headers).await
 }
 
@@ -136,20 +131,16 @@ async fn view_response(
     caller: &Caller,
     token: Option<&str>,
     headers: &HeaderMap,
-) -> Response {
-    match api.locate(order_id) {
-        Located::Local(partition) => match api.read(partition, order_id) {
-            Ok(Some(graph)) if caller.may_see(graph.customer_id()) => {
-                Json(api.engine.view(&graph)).into_response()
-            }
-            Ok(_) => not_found(order_id).into_response(),
-            Err(refusal) => refusal.into_response(),
-        },
+) -> Result<Response, Refusal> {
+    match api.locate(order_id)? {
+        Located::Local(partition) => {
+            let graph = api.visible_graph(partition, order_id, caller)?;
+            Ok(Json(api.engine.view(&graph)).into_response())
+        }
         Located::Remote(base) => {
             api.forward(&base, &format!("/orders/{order_id}"), token, headers)
                 .await
         }
-        Located::Unavailable(why) => unavailable(why).into_response(),
     }
 }
 
@@ -158,38 +149,25 @@ async fn order_events(
     Path(order_id): Path<String>,
     Query(query): Query<OrderQuery>,
     headers: HeaderMap,
-) -> Response {
-    let token = bearer(&headers, &query);
-    let caller = match admit(&api, &order_id, token) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let last = match last_event_id(&headers, &query) {
-        Ok(last) => last,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let partition = match api.locate(&order_id) {
+) -> Result<Response, Refusal> {
+    let (token, caller) = admit(&api, &order_id, &headers, &query)?;
+    let last = last_event_id(&headers, &query)?;
+    let partition = match api.locate(&order_id)? {
         Located::Local(partition) => partition,
         Located::Remote(base) => {
             let path = format!("/orders/{order_id}/events?last_event_id={last}");
             return api.forward(&base, &path, token, &headers).await;
         }
-        Located::Unavailable(why) => return unavailable(why).into_response(),
     };
     if api.metrics.event_streams_open() >= api.max_event_streams as i64 {
-        return unavailable(format!(
+        return Err(Refusal::Unavailable(format!(
             "this instance has {} event streams open, its limit (http.max_event_streams)",
             api.max_event_streams
-        ))
-        .into_response();
+        )));
     }
     // Watch first, then read: a commit between the two wakes the stream, so none is missed.
     let watch = api.local.watch(&order_id);
-    let graph = match api.read(partition, &order_id) {
-        Ok(Some(graph)) if caller.may_see(graph.customer_id()) => graph,
-        Ok(_) => return not_found(&order_id).into_response(),
-        Err(refusal) => return refusal.into_response(),
-    };
+    let graph = api.visible_graph(partition, &order_id, &caller)?;
     let mut stream = ChangeStream {
         api: api.clone(),
         partition,
@@ -204,13 +182,11 @@ async fn order_events(
         let event = stream.next().await?;
         Some((Ok::<Event, Infallible>(event), stream))
     });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(no_store(
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response(),
+    ))
 }
 
 /// One client's event stream of one order.
@@ -276,31 +252,26 @@ async fn track(
     Path(order_id): Path<String>,
     Query(query): Query<OrderQuery>,
     headers: HeaderMap,
-) -> Response {
-    let token = bearer(&headers, &query);
-    let caller = match admit(&api, &order_id, token) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
-    };
-    // The page is served only for an order the caller may see, with its view as of now.
-    let response = view_response(&api, &order_id, &caller, token, &headers).await;
+) -> Result<Response, Refusal> {
+    let (token, caller) = admit(&api, &order_id, &headers, &query)?;
+    // The page is served only for an order the caller may see, with its view as of now
+    // (from wherever the order is: a forwarded answer is the view's JSON too).
+    let response = view_response(&api, &order_id, &caller, token, &headers).await?;
     if response.status() != StatusCode::OK {
-        return response;
+        return Ok(response);
     }
-    let view = match axum::body::to_bytes(response.into_body(), 1 << 20).await {
-        Ok(view) => view,
-        Err(error) => {
-            return unavailable(format!("reading the order view: {error}")).into_response()
-        }
-    };
+    let view = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .map_err(|error| Refusal::Unavailable(format!("reading the order view: {error}")))?;
     let page = TRACKER_PAGE
         .replace("__ORDER_ID__", &script_json(&serde_json::json!(order_id)))
         .replace("__TOKEN__", &script_json(&serde_json::json!(token)))
-        .replace(
-            "__VIEW__",
-            &String::from_utf8_lossy(&view).replace("</", "<\\/"),
-        );
-    let mut response = Html(page).into_response();
+        .replace("__VIEW__", &script_safe(&String::from_utf8_lossy(&view)));
+    Ok(no_store(Html(page).into_response()))
+}
+
+/// `Cache-Control: no-store`: an order's answers are live and per caller.
+fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -308,23 +279,39 @@ async fn track(
 }
 
 impl OrderApi {
-    fn locate(&self, order_id: &str) -> Located {
+    /// Where `order_id` is served from; 503 while its partition is restored or moves.
+    fn locate(&self, order_id: &str) -> Result<Located, Refusal> {
         let Some(partition) = self.local.partition_of(order_id) else {
-            return Located::Unavailable("starting: the input partitions are not known yet".into());
+            return Err(Refusal::Unavailable(
+                "starting: the input partitions are not known yet".into(),
+            ));
         };
         if self.local.reader(partition).is_some() {
-            return Located::Local(partition);
+            return Ok(Located::Local(partition));
         }
         match self.health.partition_state(partition) {
-            Some(PartitionState::Assigned | PartitionState::Restoring) => Located::Unavailable(
-                format!("partition {partition} of this order is being restored"),
+            Some(PartitionState::Assigned | PartitionState::Restoring) => Err(
+                Refusal::Unavailable(format!("partition {partition} of this order is being restored")),
             ),
-            _ => match self.directory.owner(partition) {
-                Some(base) => Located::Remote(base),
-                None => Located::Unavailable(format!(
+            _ => self.directory.owner(partition).map(Located::Remote).ok_or_else(|| {
+                Refusal::Unavailable(format!(
                     "no instance serves partition {partition} of this order right now (it is moving)"
-                )),
-            },
+                ))
+            }),
+        }
+    }
+
+    /// The committed graph of `order_id` if the caller may see it; 404 alike for an order
+    /// that does not exist and for another customer's.
+    fn visible_graph(
+        &self,
+        partition: i32,
+        order_id: &str,
+        caller: &Caller,
+    ) -> Result<OrderGraph, Refusal> {
+        match self.read(partition, order_id)? {
+            Some(graph) if caller.may_see(graph.customer_id()) => Ok(graph),
+            _ => Err(Refusal::not_found(order_id)),
         }
     }
 
@@ -332,7 +319,7 @@ impl OrderApi {
     /// served here.
     fn read(&self, partition: i32, order_id: &str) -> Result<Option<OrderGraph>, Refusal> {
         let Some(reader) = self.local.reader(partition) else {
-            return Err(unavailable(format!(
+            return Err(Refusal::Unavailable(format!(
                 "partition {partition} of this order just moved"
             )));
         };
@@ -347,11 +334,13 @@ impl OrderApi {
         path: &str,
         token: Option<&str>,
         headers: &HeaderMap,
-    ) -> Response {
+    ) -> Result<Response, Refusal> {
         if headers.contains_key(FORWARDED_BY) {
             // The instance that forwarded this thought we held the order: its directory
             // is a moment behind. No second hop; the client retries.
-            return unavailable("this order's partition is moving".into()).into_response();
+            return Err(Refusal::Unavailable(
+                "this order's partition is moving".into(),
+            ));
         }
         let mut request = self
             .client
@@ -363,16 +352,12 @@ impl OrderApi {
         if let Some(last) = headers.get(LAST_EVENT_ID) {
             request = request.header(LAST_EVENT_ID, last);
         }
-        let upstream = match request.send().await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                warn!(%error, base, "forwarding an order request");
-                return unavailable(format!(
-                    "the instance serving this order did not answer: {error}"
-                ))
-                .into_response();
-            }
-        };
+        let upstream = request.send().await.map_err(|error| {
+            warn!(%error, base, "forwarding an order request");
+            Refusal::Unavailable(format!(
+                "the instance serving this order did not answer: {error}"
+            ))
+        })?;
         let mut response = Response::builder().status(upstream.status());
         for name in [
             header::CONTENT_TYPE,
@@ -393,9 +378,7 @@ impl OrderApi {
         });
         response
             .body(Body::from_stream(body))
-            .unwrap_or_else(|error| {
-                internal(format!("relaying a forwarded answer: {error}")).into_response()
-            })
+            .map_err(|error| Refusal::Internal(format!("relaying a forwarded answer: {error}")))
     }
 }
 
@@ -403,25 +386,32 @@ fn read_graph(reader: &StoreReader, order_id: &str) -> Result<Option<OrderGraph>
     let bytes = match reader.get(order_id.as_bytes()) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
-        Err(error) => return Err(internal(format!("reading the store: {error}"))),
+        Err(error) => return Err(Refusal::Internal(format!("reading the store: {error}"))),
     };
     codec::decode(&bytes).map(Some).map_err(|error| {
-        internal(format!(
+        Refusal::Internal(format!(
             "the stored state of order {order_id} is damaged: {error}"
         ))
     })
 }
 
-/// Checks the id and the token; the caller, or the answer to give instead.
-fn admit(api: &OrderApi, order_id: &str, token: Option<&str>) -> Result<Caller, Refusal> {
+/// Checks the id and the bearer token: the token (to forward) and its caller.
+fn admit<'a>(
+    api: &OrderApi,
+    order_id: &str,
+    headers: &'a HeaderMap,
+    query: &'a OrderQuery,
+) -> Result<(Option<&'a str>, Caller), Refusal> {
     check_id(order_id)?;
-    api.auth.caller(token).ok_or_else(unauthorized)
+    let token = bearer(headers, query);
+    let caller = api.auth.caller(token).ok_or(Refusal::Unauthorized)?;
+    Ok((token, caller))
 }
 
 /// 400 for an id that cannot be an order id.
 pub fn check_id(order_id: &str) -> Result<(), Refusal> {
     if order_id.is_empty() || order_id.len() > MAX_ID_BYTES {
-        return Err(bad_request(format!(
+        return Err(Refusal::BadRequest(format!(
             "an order id has 1 to {MAX_ID_BYTES} bytes; this one has {}",
             order_id.len()
         )));
@@ -430,7 +420,7 @@ pub fn check_id(order_id: &str) -> Result<(), Refusal> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '~')))
     {
-        return Err(bad_request(format!(
+        return Err(Refusal::BadRequest(format!(
             "an order id has only letters, digits and . _ - : ~; this one has {c:?}"
         )));
     }
@@ -459,7 +449,7 @@ fn last_event_id(headers: &HeaderMap, query: &OrderQuery) -> Result<u64, Refusal
         },
     };
     text.trim().parse::<u64>().map_err(|_| {
-        bad_request(format!(
+        Refusal::BadRequest(format!(
             "Last-Event-ID must be a record sequence (a whole number); got {text:?}"
         ))
     })
@@ -467,7 +457,12 @@ fn last_event_id(headers: &HeaderMap, query: &OrderQuery) -> Result<u64, Refusal
 
 /// JSON for inside a `<script>`: `</` cannot close the script.
 fn script_json(value: &serde_json::Value) -> String {
-    value.to_string().replace("</", "<\\/")
+    script_safe(&value.to_string())
+}
+
+/// JSON text for inside a `<script>`: `</` cannot close the script.
+fn script_safe(json: &str) -> String {
+    json.replace("</", "<\\/")
 }
 
 /// An answer other than the one asked for, with its reason; as a response, a JSON body
@@ -514,24 +509,10 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn bad_request(message: String) -> Refusal {
-    Refusal::BadRequest(message)
-}
-
-fn not_found(order_id: &str) -> Refusal {
-    Refusal::NotFound(format!("no order {order_id}"))
-}
-
-fn unauthorized() -> Refusal {
-    Refusal::Unauthorized
-}
-
-fn unavailable(why: String) -> Refusal {
-    Refusal::Unavailable(why)
-}
-
-fn internal(message: String) -> Refusal {
-    Refusal::Internal(message)
+impl Refusal {
+    fn not_found(order_id: &str) -> Refusal {
+        Refusal::NotFound(format!("no order {order_id}"))
+    }
 }
 
 #[cfg(test)]

@@ -83,17 +83,7 @@ impl Service {
 
     /// SIGTERM, then waits: the service must exit 0.
     pub fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exited = child.wait().expect("wait");
-        assert!(
-            exited.success(),
-            "SIGTERM should stop the service cleanly, got {exited}"
-        );
+        stop_cleanly(&mut self.child.take().expect("running"));
     }
 }
 
@@ -104,6 +94,20 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// SIGTERM to a `milestones run` process, then waits: it must exit 0.
+pub fn stop_cleanly(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exited = child.wait().expect("wait");
+    assert!(
+        exited.success(),
+        "SIGTERM should stop the service cleanly, got {exited}"
+    );
 }
 
 /// A blocking HTTP client with a bounded timeout.
