@@ -288,3 +288,32 @@ async fn cors_lets_only_the_configured_origins_call_the_order_api() {
     assert_eq!(allow_origin(&response), None, "no CORS unless configured");
     let _ = stop.send(());
 }
+
+/// Every request is counted by its route pattern (not the order id) and status, and timed;
+/// unknown routes count as `unmatched`.
+#[tokio::test]
+async fn requests_are_counted_by_route_and_status() {
+    let (addr, stop) = order_router(&[]).await;
+    for path in ["/orders/T1", "/orders/T2", "/no/such/route"] {
+        reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    }
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"milestones_http_requests_total{route="/orders/{order_id}",status="401"} 2"#,
+        r#"milestones_http_requests_total{route="unmatched",status="404"} 1"#,
+        r#"milestones_http_request_seconds_count{route="/orders/{order_id}"} 2"#,
+        "milestones_http_event_streams 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains("T1"), "no series per order id: {metrics}");
+    let _ = stop.send(());
+}
