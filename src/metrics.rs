@@ -384,8 +384,14 @@ impl Metrics {
     /// name, up to [`MAX_EVENT_TYPES`] distinct types; further new types, and types longer
     /// than [`MAX_EVENT_TYPE_LEN`], count as [`OTHER_EVENT_TYPE`].
     pub fn event_in(&self, topic: &str, event_type: &str) {
+        self.event_in_counter(topic, event_type).inc();
+    }
+
+    /// The counter [`Metrics::event_in`] increments, for a caller that counts many events
+    /// of the type: `with_label_values` hashes the labels and takes a lock on every call.
+    pub fn event_in_counter(&self, topic: &str, event_type: &str) -> IntCounter {
         let label = self.event_type_label(event_type);
-        self.events_in.with_label_values(&[topic, label]).inc();
+        self.events_in.with_label_values(&[topic, label])
     }
 
     /// The label value for `event_type`: itself while the guard allows, else `other`.
@@ -430,13 +436,23 @@ impl Metrics {
     /// A milestone newly reached by an order: a change record that is not a confirmation.
     /// `inferred` milestones (placeholders) also count in `milestones_placeholders_inferred_total`.
     pub fn milestone_reached(&self, milestone: &str, inferred: bool) {
-        let inferred_label = if inferred { "true" } else { "false" };
-        self.milestones_reached
-            .with_label_values(&[milestone, inferred_label])
-            .inc();
+        self.milestone_reached_counter(milestone, inferred).inc();
         if inferred {
             self.placeholders_inferred.inc();
         }
+    }
+
+    /// The per-milestone counter of [`Metrics::milestone_reached`], for a caller that keeps
+    /// it; that caller counts inferred milestones with [`Metrics::placeholder_inferred`].
+    pub fn milestone_reached_counter(&self, milestone: &str, inferred: bool) -> IntCounter {
+        let inferred_label = if inferred { "true" } else { "false" };
+        self.milestones_reached
+            .with_label_values(&[milestone, inferred_label])
+    }
+
+    /// A placeholder inferred (see [`Metrics::milestone_reached_counter`]).
+    pub fn placeholder_inferred(&self) {
+        self.placeholders_inferred.inc();
     }
 
     /// An inferred milestone confirmed by an event that evidences it (the change record with
@@ -483,22 +499,22 @@ impl Metrics {
         tracing::warn!(%error, "transaction aborted");
     }
 
-    /// The outputs of one input event were committed at `committed_at_ms` (epoch
-    /// milliseconds): observes the latency from the event's `occurred_at_ms` and, when the
-    /// record had one, from the input record's timestamp. A source clock ahead of ours gives
-    /// a negative latency, observed as 0.
-    pub fn event_committed(
-        &self,
-        occurred_at_ms: i64,
-        record_timestamp_ms: Option<i64>,
-        committed_at_ms: i64,
-    ) {
-        self.occurred_to_commit_seconds
-            .observe(seconds_between(occurred_at_ms, committed_at_ms));
-        if let Some(timestamp) = record_timestamp_ms {
-            self.record_to_commit_seconds
-                .observe(seconds_between(timestamp, committed_at_ms));
+    /// The outputs of these input events, each `(occurred_at_ms, record_timestamp_ms)`, were
+    /// committed at `committed_at_ms` (epoch milliseconds): observes the latency from each
+    /// event's `occurred_at_ms` and, when the record had one, from the input record's
+    /// timestamp. A source clock ahead of ours gives a negative latency, observed as 0.
+    /// Observed locally first, then added to the histograms at once.
+    pub fn events_committed(&self, events: &[(i64, Option<i64>)], committed_at_ms: i64) {
+        let occurred = self.occurred_to_commit_seconds.local();
+        let recorded = self.record_to_commit_seconds.local();
+        for &(occurred_at_ms, record_timestamp_ms) in events {
+            occurred.observe(seconds_between(occurred_at_ms, committed_at_ms));
+            if let Some(timestamp) = record_timestamp_ms {
+                recorded.observe(seconds_between(timestamp, committed_at_ms));
+            }
         }
+        occurred.flush();
+        recorded.flush();
     }
 
     /// Where a partition's restore stands; pass it the progress of
@@ -706,7 +722,7 @@ mod tests {
         m.orders_expired(2);
         m.transaction_committed(Duration::from_millis(7));
         m.transaction_aborted(&"fenced");
-        m.event_committed(1_000, Some(1_500), 2_000);
+        m.events_committed(&[(1_000, Some(1_500))], 2_000);
         m.consumer_lag("order-events", 3, 17);
         m.state_size(3, 4096, Some(12));
 
@@ -740,7 +756,7 @@ mod tests {
     #[test]
     fn a_clock_ahead_of_ours_is_observed_as_zero_latency() {
         let m = Metrics::new().unwrap();
-        m.event_committed(5_000, None, 2_000);
+        m.events_committed(&[(5_000, None)], 2_000);
         assert!(has(&m, "milestones_occurred_to_commit_seconds_sum 0"));
         assert!(has(&m, "milestones_occurred_to_commit_seconds_count 1"));
         assert!(has(&m, "milestones_record_to_commit_seconds_count 0"));

@@ -9,20 +9,34 @@ use super::event::OrderEvent;
 use super::rules::{EvidenceRule, MilestoneId, MilestoneSet, Rules, TypeId};
 use super::view::item_facts;
 
-/// What the rules say about one order's events.
+/// What the rules say about one order's events. Filled in place by [`evaluate`], so that
+/// one evaluation's buffers serve the next (an order is evaluated at every event it gets).
+#[derive(Default)]
 pub(crate) struct Evaluation {
     /// Milestones some event evidences.
     pub evidenced: MilestoneSet,
     /// Evidenced and implied milestones.
     pub reached: MilestoneSet,
-    /// Per milestone id: the indices of the events evidencing it, ascending.
-    pub evidence: Vec<Vec<u32>>,
+    /// Per milestone id: where its evidence is in `indices`.
+    spans: Vec<(u32, u32)>,
+    /// The indices of the events evidencing each milestone, ascending within a milestone.
+    indices: Vec<u32>,
+    /// Per event: its type number.
+    types: Vec<Option<TypeId>>,
+    /// The evidence of an inferred milestone, built by [`Evaluation::inferred_evidence`].
+    behind: Vec<u32>,
 }
 
 impl Evaluation {
+    /// The indices of the events evidencing the milestone, ascending.
+    pub fn evidence(&self, id: MilestoneId) -> &[u32] {
+        let (start, end) = self.spans[id];
+        &self.indices[start as usize..end as usize]
+    }
+
     /// The smallest `occurred_at` of the milestone's evidence.
     pub fn reached_at(&self, id: MilestoneId, events: &[OrderEvent]) -> Option<i64> {
-        self.evidence[id]
+        self.evidence(id)
             .iter()
             .map(|&i| events[i as usize].occurred_at)
             .min()
@@ -30,66 +44,87 @@ impl Evaluation {
 
     /// The events behind an inferred milestone: the evidence of the evidenced milestones
     /// that imply it or, when only "any event" implies it, every event of the order.
-    pub fn inferred_evidence(&self, id: MilestoneId, rules: &Rules, n_events: usize) -> Vec<u32> {
-        let mut behind: Vec<u32> = self
-            .evidenced
-            .iter()
-            .filter(|&by| rules.milestones()[by].implies.contains(id))
-            .flat_map(|by| self.evidence[by].iter().copied())
-            .collect();
+    pub fn inferred_evidence(&mut self, id: MilestoneId, rules: &Rules, n_events: usize) -> &[u32] {
+        let mut behind = std::mem::take(&mut self.behind);
+        behind.clear();
+        for by in self.evidenced.iter() {
+            if rules.milestones()[by].implies.contains(id) {
+                behind.extend_from_slice(self.evidence(by));
+            }
+        }
         if behind.is_empty() {
-            behind = (0..n_events as u32).collect();
+            behind.extend(0..n_events as u32);
         }
         behind.sort_unstable();
         behind.dedup();
-        behind
+        self.behind = behind;
+        &self.behind
     }
 }
 
-pub(crate) fn evaluate(rules: &Rules, events: &[OrderEvent]) -> Evaluation {
+/// Evaluates the rules over `events` into `eval`, overwriting what it held.
+pub(crate) fn evaluate(rules: &Rules, events: &[OrderEvent], eval: &mut Evaluation) {
     let milestones = rules.milestones();
-    let mut evidence: Vec<Vec<u32>> = vec![Vec::new(); milestones.len()];
-    let mut evidenced = MilestoneSet::default();
+    let Evaluation {
+        evidenced,
+        reached,
+        spans,
+        indices,
+        types,
+        ..
+    } = eval;
+    *evidenced = MilestoneSet::default();
+    spans.clear();
+    indices.clear();
+    types.clear();
+    types.extend(events.iter().map(|e| rules.type_id(&e.event_type)));
     let mut resolved: Option<bool> = None; // computed at most once, only if a rule asks
-    let types: Vec<Option<TypeId>> = events
-        .iter()
-        .map(|e| rules.type_id(&e.event_type))
-        .collect();
     for (id, milestone) in milestones.iter().enumerate() {
+        let first = indices.len();
         for rule in &milestone.evidence {
-            let start = evidence[id].len();
-            evidence[id].extend(matching(rule, events, &types));
-            let enough = evidence[id].len() - start >= rule.at_least;
+            let start = indices.len();
+            indices.extend(matching(rule, events, types));
+            let enough = indices.len() - start >= rule.at_least;
             let holds = enough
                 && (!rule.all_items_resolved
                     || *resolved.get_or_insert_with(|| all_items_resolved(rules, events)));
             if !holds {
-                evidence[id].truncate(start);
+                indices.truncate(start);
             }
         }
-        if !evidence[id].is_empty() {
+        if indices.len() > first {
             if milestone.evidence.len() > 1 {
-                evidence[id].sort_unstable();
-                evidence[id].dedup();
+                let mine = &mut indices[first..];
+                mine.sort_unstable();
+                let kept = dedup_sorted(mine);
+                indices.truncate(first + kept);
             }
             evidenced.insert(id);
         }
+        spans.push((first as u32, indices.len() as u32));
     }
-    let mut reached = evidenced;
+    *reached = *evidenced;
     for id in evidenced.iter() {
-        reached = reached.union(milestones[id].implies);
+        *reached = reached.union(milestones[id].implies);
     }
     if let Some(id) = rules.any_event_implies() {
         if !events.is_empty() {
             reached.insert(id);
-            reached = reached.union(milestones[id].implies);
+            *reached = reached.union(milestones[id].implies);
         }
     }
-    Evaluation {
-        evidenced,
-        reached,
-        evidence,
+}
+
+/// Moves the distinct values of a sorted slice to its front; returns how many there are.
+fn dedup_sorted(values: &mut [u32]) -> usize {
+    let mut kept = 0;
+    for i in 0..values.len() {
+        if i == 0 || values[i] != values[kept - 1] {
+            values[kept] = values[i];
+            kept += 1;
+        }
     }
+    kept
 }
 
 /// Indices of the events that can evidence under the rule, each on its own; `types` holds

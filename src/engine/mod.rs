@@ -16,6 +16,7 @@ pub mod graph;
 pub mod rules;
 pub mod view;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -25,7 +26,7 @@ pub use graph::{MilestoneNode, OrderGraph};
 pub use rules::{Rules, RulesError};
 pub use view::{ItemView, MilestoneChange, MilestoneView, OrderView};
 
-use evaluate::evaluate;
+use evaluate::{evaluate, Evaluation};
 use view::item_facts;
 
 /// Applies rules to orders. Cheap to clone: the rules are shared.
@@ -66,6 +67,21 @@ struct Settled {
 enum Change {
     Reached { inferred: bool },
     Confirmed,
+}
+
+thread_local! {
+    /// The buffers of one evaluation, reused by every order evaluated on the thread: an order
+    /// is evaluated at each of its events, so allocating them each time would cost more than
+    /// the evaluation itself.
+    static SCRATCH: RefCell<Evaluation> = RefCell::new(Evaluation::default());
+}
+
+/// Makes a node's evidence `now`, keeping its allocation.
+fn refresh(evidence: &mut Vec<u32>, now: &[u32]) {
+    if evidence.as_slice() != now {
+        evidence.clear();
+        evidence.extend_from_slice(now);
+    }
 }
 
 impl Engine {
@@ -198,21 +214,20 @@ impl Engine {
     /// Brings the graph's milestone nodes in line with the evaluation of its events and
     /// returns one record for each milestone newly reached or confirmed.
     fn settle(&self, graph: &mut OrderGraph) -> Settled {
-        let mut eval = evaluate(&self.rules, &graph.events);
+        SCRATCH.with_borrow_mut(|eval| self.settle_with(graph, eval))
+    }
+
+    fn settle_with(&self, graph: &mut OrderGraph, eval: &mut Evaluation) -> Settled {
+        evaluate(&self.rules, &graph.events, eval);
         let mut changed = Vec::new(); // (milestone id, change) in rank order
         for id in eval.reached.iter() {
             let evidenced = eval.evidenced.contains(id);
             let name = &self.rules.milestones()[id].name;
             let (reached_at, evidence) = if evidenced {
-                // Taken, not cloned: ids go up in rank order and implications point down,
-                // so no milestone still to come reads this one's evidence.
-                let reached_at = eval.reached_at(id, &graph.events);
-                (reached_at, std::mem::take(&mut eval.evidence[id]))
+                (eval.reached_at(id, &graph.events), eval.evidence(id))
             } else {
-                (
-                    None,
-                    eval.inferred_evidence(id, &self.rules, graph.events.len()),
-                )
+                let n_events = graph.events.len();
+                (None, eval.inferred_evidence(id, &self.rules, n_events))
             };
             match graph.milestone_mut(name) {
                 None => {
@@ -220,7 +235,7 @@ impl Engine {
                         name: name.clone(),
                         inferred: !evidenced,
                         reached_at,
-                        evidence,
+                        evidence: evidence.to_vec(),
                     });
                     changed.push((
                         id,
@@ -232,7 +247,7 @@ impl Engine {
                 Some(node) if node.inferred && evidenced => {
                     node.inferred = false;
                     node.reached_at = reached_at;
-                    node.evidence = evidence;
+                    refresh(&mut node.evidence, evidence);
                     changed.push((id, Change::Confirmed));
                 }
                 // Still inferred, or confirmed with (possibly earlier) evidence: refresh the
@@ -240,7 +255,7 @@ impl Engine {
                 // evidences keeps what it had: it is never reported as inferred again.
                 Some(node) if node.inferred || evidenced => {
                     node.reached_at = reached_at;
-                    node.evidence = evidence;
+                    refresh(&mut node.evidence, evidence);
                 }
                 Some(_) => {}
             }

@@ -5,12 +5,13 @@
 //! work (bad syntax, an unknown milestone, a cycle, a duplicate rank, ...) with the file, the
 //! line and the reason, so that a mistake never reaches a running service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
 use compact_str::CompactString;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -82,10 +83,10 @@ impl MilestoneSet {
 pub struct Rules {
     version: String,
     milestones: Vec<Milestone>,
-    by_name: HashMap<CompactString, MilestoneId>,
+    by_name: FxHashMap<CompactString, MilestoneId>,
     /// Every event type an evidence rule names, numbered, so that matching an event
     /// against the rules compares integers, not strings.
-    type_ids: HashMap<CompactString, TypeId>,
+    type_ids: FxHashMap<CompactString, TypeId>,
     any_event_implies: Option<MilestoneId>,
     items: ItemRules,
 }
@@ -431,7 +432,7 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
     // Milestones sorted by rank: the id of a milestone is its place in rank order.
     let mut order: Vec<&Spanned<RawMilestone>> = raw.milestones.iter().collect();
     order.sort_by_key(|m| *m.get_ref().rank.get_ref());
-    let mut by_name = HashMap::new();
+    let mut by_name = FxHashMap::default();
     for (id, m) in order.iter().enumerate() {
         let m = m.get_ref();
         let name = m.name.get_ref();
@@ -543,7 +544,7 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
     }
 
     // Number every event type the rules name, then give each rule its numbers.
-    let mut type_ids: HashMap<CompactString, TypeId> = HashMap::new();
+    let mut type_ids: FxHashMap<CompactString, TypeId> = FxHashMap::default();
     for rule in milestones.iter_mut().flat_map(|m| m.evidence.iter_mut()) {
         let mut number = |t: &CompactString| {
             let next = type_ids.len() as TypeId;

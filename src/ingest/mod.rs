@@ -6,10 +6,14 @@
 //! - `avro`: the Confluent wire format and the event's Avro binary, read directly when the
 //!   writer used our schema, by schema resolution otherwise.
 //! - `registry`: the schema registry client that `decode` and `emit` share.
+//! - `fetch`: input records from the consumer in batches ([`FetchQueue`]), and the
+//!   [`InputRecord`] the processor reads.
 
 pub mod avro;
 mod decode;
+mod fetch;
 mod registry;
 
 pub use decode::{DecodeError, EventDecoder, Format, FormatError};
+pub use fetch::{Batch, FetchQueue, Fetched, InputRecord};
 pub use registry::{RegistryClient, RegistryConfig, RegistryError};

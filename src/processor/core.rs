@@ -7,19 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
+use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
 use crate::api::{Health, LocalOrders};
 use crate::emit::txn::{self, flush, retrying, send, TXN_TIMEOUT};
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
-use crate::ingest::EventDecoder;
+use crate::ingest::{EventDecoder, InputRecord};
 use crate::metrics::Metrics;
 use crate::state::{PartitionStore, RocksStore, StoreBatch};
 
@@ -60,10 +62,10 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(message) if message.topic() == self.changelog => {
+            Ok(message) if Message::topic(message) == self.changelog => {
                 let mut last = lock(&self.last);
-                let entry = last.entry(message.partition()).or_insert(-1);
-                *entry = (*entry).max(message.offset());
+                let entry = last.entry(Message::partition(message)).or_insert(-1);
+                *entry = (*entry).max(Message::offset(message));
             }
             Ok(_) | Err(_) => {}
         }
@@ -178,8 +180,9 @@ fn decode_stream_time(bytes: &[u8]) -> Option<i64> {
 
 /// Processing settings of the core, from the configuration.
 pub(crate) struct Settings {
-    /// The first input topic: the one whose partitions the group assigns ([`Inputs`]).
-    pub lead_topic: String,
+    /// The input topics; the first is the lead, whose partitions the group assigns
+    /// ([`Inputs`]).
+    pub inputs: Vec<String>,
     pub commit_interval: Duration,
     /// How long a finished order stays in state after its last event, in stream time (ms).
     pub finished_retention_ms: i64,
@@ -188,9 +191,10 @@ pub(crate) struct Settings {
 /// The open transaction.
 struct Txn {
     started: Instant,
-    /// Per input topic-partition: the first offset the transaction consumed (where to seek
-    /// back to on abort) and the next offset to commit.
-    consumed: BTreeMap<(String, i32), (i64, i64)>,
+    /// Per input topic (its index in [`Settings::inputs`]) and partition: the first offset
+    /// the transaction consumed (where to seek back to on abort) and the next offset to
+    /// commit.
+    consumed: FxHashMap<(usize, i32), (i64, i64)>,
     /// Each processed event's `occurred_at` and its record's timestamp, for the end-to-end
     /// latency once the transaction commits.
     times: Vec<(i64, Option<i64>)>,
@@ -226,6 +230,55 @@ pub(crate) struct Core {
     spare_times: Vec<(i64, Option<i64>)>,
     records_unclocked: u32,
     buffer: Vec<u8>,
+    counters: Counters,
+}
+
+/// Labelled counters the processor increments per event, looked up once each:
+/// `with_label_values` hashes the labels and takes a lock on every call.
+#[derive(Default)]
+struct Counters {
+    /// Per input topic (index in [`Settings::inputs`]), per event type.
+    events_in: Vec<FxHashMap<CompactString, IntCounter>>,
+    /// Per milestone name and inferred or not.
+    reached: FxHashMap<(CompactString, bool), IntCounter>,
+}
+
+impl Counters {
+    /// Beyond this many, new labels are not kept (the metrics' own guard caps the series).
+    const MAX_KEPT: usize = 2 * crate::metrics::MAX_EVENT_TYPES;
+
+    fn event_in(&mut self, metrics: &Metrics, input: usize, topic: &str, event_type: &str) {
+        if self.events_in.len() <= input {
+            self.events_in.resize_with(input + 1, FxHashMap::default);
+        }
+        let kept = &mut self.events_in[input];
+        match kept.get(event_type) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = metrics.event_in_counter(topic, event_type);
+                counter.inc();
+                if kept.len() < Self::MAX_KEPT {
+                    kept.insert(event_type.into(), counter);
+                }
+            }
+        }
+    }
+
+    fn milestone_reached(&mut self, metrics: &Metrics, milestone: &CompactString, inferred: bool) {
+        if inferred {
+            metrics.placeholder_inferred();
+        }
+        match self.reached.get(&(milestone.clone(), inferred)) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = metrics.milestone_reached_counter(milestone, inferred);
+                counter.inc();
+                if self.reached.len() < Self::MAX_KEPT {
+                    self.reached.insert((milestone.clone(), inferred), counter);
+                }
+            }
+        }
+    }
 }
 
 impl Core {
@@ -259,6 +312,7 @@ impl Core {
             spare_times: Vec::new(),
             records_unclocked: 0,
             buffer: Vec::with_capacity(4096),
+            counters: Counters::default(),
         }
     }
 
@@ -284,10 +338,11 @@ impl Core {
     /// Errors: [`ProcessorError::Registry`] when the schema registry cannot be reached (the
     /// caller aborts and retries later: that is no reason to dead-letter a record), Kafka
     /// errors of the producer, store errors.
-    pub fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), ProcessorError> {
+    pub fn process<R: InputRecord>(&mut self, message: &R) -> Result<(), ProcessorError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let input = self.input_index(topic)?;
         if !self.tasks.contains_key(&partition) {
-            if topic != self.settings.lead_topic {
+            if input != 0 {
                 // A followed partition is assigned after its task exists and unassigned
                 // with it; a record fetched just before may still come. Its offset is not
                 // committed, so the partition's owner consumes it.
@@ -309,17 +364,17 @@ impl Core {
                 // Not consumed: the abort that follows must seek back to this record too.
                 if let Some(txn) = &mut self.txn {
                     txn.consumed
-                        .entry((topic.to_string(), partition))
+                        .entry((input, partition))
                         .or_insert((offset, offset));
                 }
                 return Err(ProcessorError::Registry(error));
             }
             Err(error) => self.dead_letter(message, error.class(), &error)?,
             Ok(event) => {
-                self.metrics.event_in(topic, &event.event_type);
+                self.counters
+                    .event_in(&self.metrics, input, topic, &event.event_type);
                 if let Some(txn) = &mut self.txn {
-                    txn.times
-                        .push((event.occurred_at, message.timestamp().to_millis()));
+                    txn.times.push((event.occurred_at, message.timestamp_ms()));
                 }
                 if let Some(expired) = self.apply(partition, event)? {
                     self.dead_letter(message, EXPIRED_ORDER, &expired)?;
@@ -328,11 +383,20 @@ impl Core {
         }
         if let Some(txn) = &mut self.txn {
             txn.consumed
-                .entry((topic.to_string(), partition))
+                .entry((input, partition))
                 .and_modify(|(_, next)| *next = offset + 1)
                 .or_insert((offset, offset + 1));
         }
         Ok(())
+    }
+
+    /// The index of an input topic in [`Settings::inputs`].
+    fn input_index(&self, topic: &str) -> Result<usize, ProcessorError> {
+        self.settings
+            .inputs
+            .iter()
+            .position(|input| input == topic)
+            .ok_or_else(|| ProcessorError::Internal(format!("a record from {topic}, not an input")))
     }
 
     /// Applies `event` to its order's graph and produces the change records. Returns why
@@ -352,6 +416,7 @@ impl Core {
             buffer,
             metrics,
             settings,
+            counters,
             ..
         } = self;
         let task = tasks
@@ -403,7 +468,7 @@ impl Core {
             if applied.is_confirmation(index) {
                 metrics.placeholder_confirmed();
             } else {
-                metrics.milestone_reached(&change.milestone, change.inferred);
+                counters.milestone_reached(metrics, &change.milestone, change.inferred);
             }
             buffer.clear();
             changes.encode_change(change, buffer)?;
@@ -418,9 +483,9 @@ impl Core {
     }
 
     /// The record unchanged to the dead-letter topic, with why and where it came from.
-    fn dead_letter(
+    fn dead_letter<R: InputRecord>(
         &mut self,
-        message: &BorrowedMessage<'_>,
+        message: &R,
         class: &str,
         error: &dyn std::fmt::Display,
     ) -> Result<(), ProcessorError> {
@@ -471,7 +536,7 @@ impl Core {
             self.producer.begin_transaction()?;
             self.txn = Some(Txn {
                 started: Instant::now(),
-                consumed: BTreeMap::new(),
+                consumed: FxHashMap::default(),
                 // Tens of thousands of entries under a backlog: reuse the last one's memory.
                 times: std::mem::take(&mut self.spare_times),
             });
@@ -515,8 +580,9 @@ impl Core {
         let writes = self.send_state_and_views()?;
         let producer = &self.producer;
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), (_, next)) in &txn.consumed {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        for (&(input, partition), &(_, next)) in &txn.consumed {
+            let topic = &self.settings.inputs[input];
+            offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
         }
         if offsets.count() > 0 {
             let metadata = consumer.group_metadata().ok_or_else(|| {
@@ -533,9 +599,7 @@ impl Core {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        for &(occurred_at, timestamp) in &txn.times {
-            self.metrics.event_committed(occurred_at, timestamp, now);
-        }
+        self.metrics.events_committed(&txn.times, now);
         let last = lock(&self.producer.context().last).clone();
         for (partition, mut batch) in writes {
             batch.checkpoint = last.get(&partition).map(|offset| offset + 1);
@@ -640,13 +704,10 @@ impl Core {
             task.stream_time = task.committed_stream_time;
         }
         let (mut lead, mut followed) = (TopicPartitionList::new(), TopicPartitionList::new());
-        for ((topic, partition), (first, _)) in &txn.consumed {
-            let rewind = if *topic == self.settings.lead_topic {
-                &mut lead
-            } else {
-                &mut followed
-            };
-            rewind.add_partition_offset(topic, *partition, Offset::Offset(*first))?;
+        for (&(input, partition), &(first, _)) in &txn.consumed {
+            let rewind = if input == 0 { &mut lead } else { &mut followed };
+            let topic = &self.settings.inputs[input];
+            rewind.add_partition_offset(topic, partition, Offset::Offset(first))?;
         }
         if lead.count() > 0 {
             inputs.group.seek_partitions(lead, TXN_TIMEOUT)?;

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
@@ -33,14 +32,17 @@ use crate::emit::txn::TXN_TIMEOUT;
 use crate::emit::RecordEncoder;
 use crate::engine::codec::CodecError;
 use crate::engine::Engine;
-use crate::ingest::{DecodeError, EventDecoder, FormatError, RegistryClient, RegistryError};
+use crate::ingest::{
+    Batch, DecodeError, EventDecoder, FetchQueue, FormatError, InputRecord, RegistryClient,
+    RegistryError,
+};
 use crate::kafka::{client_config, Role};
 use crate::metrics::Metrics;
 use crate::state::changelog::{RestoreError, Restorer};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task};
+use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task, TxnOutcome};
 use self::rebalance::RebalanceContext;
 
 /// Why the processor stopped.
@@ -95,6 +97,10 @@ impl Telemetry {
 
 /// How long the loop waits for a record before it looks at the clock and the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
+
+/// At most this many records per batch from the fetch queue: a few milliseconds of work,
+/// so that rebalance events and the shutdown flag are looked at soon enough.
+const BATCH: usize = 500;
 
 /// Runs the processor until `shutdown` is set, then commits, closes the stores and leaves
 /// the group: `processing.threads` threads, each a member of the group (see [`member`]),
@@ -214,7 +220,7 @@ fn member(
     // Fences any earlier incarnation of this instance and aborts its open transaction.
     producer.init_transactions(TXN_TIMEOUT)?;
     let settings = Settings {
-        lead_topic: t.inputs[0].clone(),
+        inputs: t.inputs.clone(),
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
         finished_retention_ms: i64::try_from(config.state.finished_retention_ms)
             .unwrap_or(i64::MAX),
@@ -287,23 +293,44 @@ fn process_until(
     config: &Config,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), ProcessorError> {
-    // With a follower, each turn polls both, waiting only on the follower, and only when
-    // the group member had nothing.
-    let lead_wait = if inputs.follower.is_some() {
+    // The group's partitions, once restored, send their records to `fetch`; the group
+    // member's own poll then serves its events (rebalance callbacks run inside it, with the
+    // core unlocked) and gives a record only in the moment before a partition is followed.
+    let fetch = FetchQueue::new(inputs.group);
+    let mut batch = Batch::default();
+    // With a follower, each turn waits only on the follower, and only when the others had
+    // nothing.
+    let fetch_wait = if inputs.follower.is_some() {
         Duration::ZERO
     } else {
         POLL
     };
     while !stopped() {
-        // Rebalance callbacks run inside poll, with the core unlocked.
-        let lead = inputs.group.poll(lead_wait);
-        restore_pending(inputs, core, state_dir, restorer, config)?;
+        let lead = inputs.group.poll(Duration::ZERO);
+        restore_pending(inputs, core, state_dir, restorer, config, &fetch)?;
         let mut core = lock(core);
         let mut polled = lead.is_some();
         let mut registry_down = match lead {
             Some(message) => handle(&mut core, inputs, message)?,
             None => false,
         };
+        if !registry_down {
+            fetch.consume(fetch_wait, BATCH, &mut batch);
+            polled |= !batch.is_empty();
+            for index in 0..batch.len() {
+                let Some(record) = batch.get(index) else {
+                    break;
+                };
+                registry_down = handle(&mut core, inputs, record)?;
+                // After an abort the consumer was rewound: the rest of the batch comes again.
+                if registry_down
+                    || (core.commit_due(true) && core.commit(inputs)? == TxnOutcome::Aborted)
+                {
+                    break;
+                }
+            }
+            batch.clear();
+        }
         if let (false, Some(follower)) = (registry_down, inputs.follower) {
             let wait = if polled { Duration::ZERO } else { POLL };
             if let Some(message) = follower.poll(wait) {
@@ -325,10 +352,10 @@ fn process_until(
 
 /// Processes one polled record. True when the schema registry could not be reached: the
 /// transaction is aborted then (its records are consumed again) and the caller waits.
-fn handle(
+fn handle<R: InputRecord>(
     core: &mut Core,
     inputs: &Inputs<'_, RebalanceContext>,
-    message: KafkaResult<BorrowedMessage<'_>>,
+    message: KafkaResult<R>,
 ) -> Result<bool, ProcessorError> {
     match message {
         Err(error) => {
@@ -347,14 +374,16 @@ fn handle(
     }
 }
 
-/// Restores the stores of newly assigned partitions, then resumes them, and assigns the
-/// follower the same partitions of the other input topics from the group's committed offsets.
+/// Restores the stores of newly assigned partitions, then has their records sent to `fetch`
+/// and resumes them, and assigns the follower the same partitions of the other input topics
+/// from the group's committed offsets.
 fn restore_pending(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
     state_dir: &StateDir,
     restorer: &Restorer,
     config: &Config,
+    fetch: &FetchQueue<'_>,
 ) -> Result<(), ProcessorError> {
     let (pending, metrics, health, orders) = {
         let mut core = lock(core);
@@ -409,6 +438,7 @@ fn restore_pending(
         orders.serve(partition, store.reader());
         health.partition_ready(partition);
         lock(core).tasks.insert(partition, Task::new(store)?);
+        fetch.follow(&topic, partition)?;
         let mut resume = TopicPartitionList::new();
         resume.add_partition(&topic, partition);
         inputs.group.resume(&resume)?;

@@ -1,0 +1,184 @@
+//! The processor's batch consumption (`ingest::FetchQueue`) on the real broker: every
+//! record of the followed partitions comes out once, in offset order, in batches no larger
+//! than asked; a consume with nothing waiting waits for a first record and no longer; and
+//! a seek (what an aborted transaction does) drops the records fetched before it, so that
+//! consumption goes on from the seek's offset without stale records in between.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const RECORDS_PER_PARTITION: i64 = 600;
+
+/// `RECORDS_PER_PARTITION` records to each of partitions 0 and 1 of `topic`; the payload
+/// names the partition and the record's number.
+fn produce(topic: &str) {
+    let producer: BaseProducer = common::client_config()
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("creating the producer");
+    for partition in 0..2 {
+        for n in 0..RECORDS_PER_PARTITION {
+            let payload = format!("{partition}:{n}");
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .partition(partition)
+                        .key("k")
+                        .payload(&payload),
+                )
+                .unwrap_or_else(|(e, _)| panic!("producing {payload}: {e}"));
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flushing the records");
+}
+
+/// A consumer assigned partitions 0 and 1 of `topic` from the start, paused, followed by
+/// the returned queue, then resumed: the order the processor does it in.
+fn follow_both<'c>(consumer: &'c BaseConsumer, topic: &str) -> FetchQueue<'c> {
+    let mut both = TopicPartitionList::new();
+    for partition in 0..2 {
+        both.add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&both).expect("assigning");
+    consumer.pause(&both).expect("pausing");
+    let fetch = FetchQueue::new(consumer);
+    for partition in 0..2 {
+        fetch.follow(topic, partition).expect("following");
+    }
+    consumer.resume(&both).expect("resuming");
+    fetch
+}
+
+fn consumer() -> BaseConsumer {
+    common::client_config()
+        .set("group.id", common::unique_group("kafka_fetch"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("creating the consumer")
+}
+
+#[tokio::test]
+async fn batches_hold_every_record_once_in_order_and_wait_only_for_a_first_one() {
+    common::require_kafka();
+    let topic = common::unique_topic("fetch_batches");
+    common::create_topic(&topic, 2).await;
+    produce(&topic);
+    let consumer = consumer();
+    let fetch = follow_both(&consumer, &topic);
+
+    let mut batch = Batch::default();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut largest = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.values().sum::<i64>() < 2 * RECORDS_PER_PARTITION {
+        assert!(
+            Instant::now() < deadline,
+            "not every record within 30 s: {next:?}"
+        );
+        consumer.poll(Duration::ZERO); // events, as the processor does between batches
+        fetch.consume(Duration::from_millis(100), 250, &mut batch);
+        largest = largest.max(batch.len());
+        for index in 0..batch.len() {
+            let record = batch.get(index).unwrap().expect("a record, not an error");
+            let expected = next.entry(record.partition()).or_insert(0);
+            assert_eq!(
+                record.offset(),
+                *expected,
+                "partition {}",
+                record.partition()
+            );
+            assert_eq!(
+                record.payload(),
+                Some(format!("{}:{}", record.partition(), expected).as_bytes())
+            );
+            assert_eq!(record.key(), Some(&b"k"[..]));
+            assert_eq!(record.topic(), topic);
+            assert!(record.timestamp_ms().is_some_and(|ms| ms > 0));
+            *expected += 1;
+        }
+    }
+    assert_eq!(
+        next,
+        BTreeMap::from([(0, RECORDS_PER_PARTITION), (1, RECORDS_PER_PARTITION)])
+    );
+    assert!(largest <= 250, "a batch of {largest}, more than asked");
+    assert!(largest > 1, "every batch held one record: not batched");
+
+    // Nothing waiting: it waits for the timeout, not forever, and returns nothing.
+    let started = Instant::now();
+    fetch.consume(Duration::from_millis(300), 250, &mut batch);
+    let waited = started.elapsed();
+    assert!(batch.is_empty());
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a timeout of 300 ms"
+    );
+}
+
+#[tokio::test]
+async fn a_seek_drops_the_records_fetched_before_it() {
+    common::require_kafka();
+    let topic = common::unique_topic("fetch_seek");
+    common::create_topic(&topic, 2).await;
+    produce(&topic);
+    let consumer = consumer();
+    let fetch = follow_both(&consumer, &topic);
+
+    // Read partition 0 until some records are consumed and more are surely fetched.
+    let mut batch = Batch::default();
+    let mut seen_p0 = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen_p0 < 100 {
+        assert!(Instant::now() < deadline, "no records within 30 s");
+        fetch.consume(Duration::from_millis(100), 50, &mut batch);
+        for index in 0..batch.len() {
+            let record = batch.get(index).unwrap().unwrap();
+            if record.partition() == 0 {
+                seen_p0 = record.offset() + 1;
+            }
+        }
+    }
+    batch.clear();
+    // Rewind partition 0 to offset 10, as an abort rewinds to a transaction's first record.
+    let mut rewind = TopicPartitionList::new();
+    rewind
+        .add_partition_offset(&topic, 0, Offset::Offset(10))
+        .unwrap();
+    consumer
+        .seek_partitions(rewind, Duration::from_secs(10))
+        .expect("seeking");
+
+    let mut next_p0 = 10;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next_p0 < RECORDS_PER_PARTITION {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 not read again within 30 s"
+        );
+        consumer.poll(Duration::ZERO);
+        fetch.consume(Duration::from_millis(100), 250, &mut batch);
+        for index in 0..batch.len() {
+            let record = batch.get(index).unwrap().unwrap();
+            if record.partition() == 0 {
+                assert_eq!(
+                    record.offset(),
+                    next_p0,
+                    "after the seek to 10, partition 0 must go on from there, nothing stale in between"
+                );
+                next_p0 += 1;
+            }
+        }
+    }
+}
