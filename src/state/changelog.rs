@@ -363,6 +363,12 @@ fn restore_consumer_config(consumer_config: &ClientConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
+        // The end of a restore is an empty fetch at the end of the partition, which the
+        // broker holds for fetch.wait.max.ms (500 ms by default) first: a store checkpointed
+        // just before its last transaction's commit marker (the usual case after a
+        // rebalance) took that long to restore nothing, once per partition. A fetch with
+        // records in reach is answered at once whatever this is.
+        .set("fetch.wait.max.ms", "10")
         // The start offset was checked against the watermarks; should the log still move
         // under us, fail (and restore again) rather than silently skip records.
         .set("auto.offset.reset", "error");
