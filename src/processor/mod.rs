@@ -4,8 +4,10 @@
 //! interval (exactly once).
 //!
 //! One thread runs [`run`]: it polls, restores newly assigned partitions, processes
-//! records and commits. librdkafka calls the rebalance callbacks ([`rebalance`]) on the same
-//! thread from inside `poll`, so a revoke finds the core between two records and can commit.
+//! records in batches (a [`FetchQueue`] the restored partitions forward to) and commits.
+//! librdkafka calls the rebalance callbacks ([`rebalance`]) on the same thread from inside
+//! the group consumer's `poll`, between batches, so a revoke finds the core between two
+//! records and can commit.
 //!
 //! Several input topics are co-partitioned (checked at start): the group assigns the first
 //! one's partitions, and a follower consumer, outside the group, is assigned the same
