@@ -35,11 +35,13 @@ use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use rustc_hash::FxHashMap;
 
 use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
 
@@ -387,9 +389,8 @@ impl Metrics {
         self.event_in_counter(topic, event_type).inc();
     }
 
-    /// The counter [`Metrics::event_in`] increments, for a caller that counts many events
-    /// of the type: `with_label_values` hashes the labels and takes a lock on every call.
-    pub fn event_in_counter(&self, topic: &str, event_type: &str) -> IntCounter {
+    /// The counter [`Metrics::event_in`] increments.
+    fn event_in_counter(&self, topic: &str, event_type: &str) -> IntCounter {
         let label = self.event_type_label(event_type);
         self.events_in.with_label_values(&[topic, label])
     }
@@ -442,17 +443,11 @@ impl Metrics {
         }
     }
 
-    /// The per-milestone counter of [`Metrics::milestone_reached`], for a caller that keeps
-    /// it; that caller counts inferred milestones with [`Metrics::placeholder_inferred`].
-    pub fn milestone_reached_counter(&self, milestone: &str, inferred: bool) -> IntCounter {
+    /// The per-milestone counter [`Metrics::milestone_reached`] increments.
+    fn milestone_reached_counter(&self, milestone: &str, inferred: bool) -> IntCounter {
         let inferred_label = if inferred { "true" } else { "false" };
         self.milestones_reached
             .with_label_values(&[milestone, inferred_label])
-    }
-
-    /// A placeholder inferred (see [`Metrics::milestone_reached_counter`]).
-    pub fn placeholder_inferred(&self) {
-        self.placeholders_inferred.inc();
     }
 
     /// An inferred milestone confirmed by an event that evidences it (the change record with
@@ -675,6 +670,61 @@ fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The labelled counters one processing thread increments per event, each looked up in
+/// [`Metrics`] once: `with_label_values` hashes the labels and takes a lock, and the event
+/// type guard takes another, on every call. Counts exactly as [`Metrics::event_in`] and
+/// [`Metrics::milestone_reached`] do.
+#[derive(Default)]
+pub struct LocalCounters {
+    /// Per input topic (its index among the inputs), per event type.
+    events_in: Vec<FxHashMap<CompactString, IntCounter>>,
+    /// Per inferred (`[false, true]`), per milestone.
+    reached: [FxHashMap<CompactString, IntCounter>; 2],
+}
+
+impl LocalCounters {
+    /// Beyond this many labels a map keeps no more (the metrics' own guard caps the series).
+    const MAX_KEPT: usize = 2 * MAX_EVENT_TYPES;
+
+    /// [`Metrics::event_in`]; `input` numbers `topic` among the input topics.
+    pub fn event_in(&mut self, metrics: &Metrics, input: usize, topic: &str, event_type: &str) {
+        if self.events_in.len() <= input {
+            self.events_in.resize_with(input + 1, FxHashMap::default);
+        }
+        inc_kept(&mut self.events_in[input], event_type, || {
+            metrics.event_in_counter(topic, event_type)
+        });
+    }
+
+    /// [`Metrics::milestone_reached`].
+    pub fn milestone_reached(&mut self, metrics: &Metrics, milestone: &str, inferred: bool) {
+        inc_kept(&mut self.reached[usize::from(inferred)], milestone, || {
+            metrics.milestone_reached_counter(milestone, inferred)
+        });
+        if inferred {
+            metrics.placeholders_inferred.inc();
+        }
+    }
+}
+
+/// Increments the counter `kept` holds for `label`, looking it up with `counter` (and
+/// keeping it, while there is room) the first time.
+fn inc_kept(
+    kept: &mut FxHashMap<CompactString, IntCounter>,
+    label: &str,
+    counter: impl FnOnce() -> IntCounter,
+) {
+    if let Some(counter) = kept.get(label) {
+        counter.inc();
+        return;
+    }
+    let counter = counter();
+    counter.inc();
+    if kept.len() < LocalCounters::MAX_KEPT {
+        kept.insert(label.into(), counter);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +798,29 @@ mod tests {
             r#"milestones_consumer_lag{partition="3",topic="order-events"} 17"#,
             r#"milestones_state_bytes{partition="3"} 4096"#,
             r#"milestones_state_orders{partition="3"} 12"#,
+        ] {
+            assert!(has(&m, line), "missing {line:?} in\n{}", m.encode_text());
+        }
+    }
+
+    #[test]
+    fn local_counters_count_as_the_metrics_methods_do() {
+        let m = Metrics::new().unwrap();
+        let mut local = LocalCounters::default();
+        for _ in 0..3 {
+            local.event_in(&m, 0, "order-events", "OrderCreated");
+        }
+        local.event_in(&m, 1, "other-events", "OrderCreated");
+        m.event_in("order-events", "OrderCreated");
+        local.milestone_reached(&m, "ordered", true);
+        local.milestone_reached(&m, "ordered", true);
+        local.milestone_reached(&m, "ordered", false);
+        for line in [
+            r#"milestones_events_in_total{event_type="OrderCreated",topic="order-events"} 4"#,
+            r#"milestones_events_in_total{event_type="OrderCreated",topic="other-events"} 1"#,
+            r#"milestones_reached_total{inferred="true",milestone="ordered"} 2"#,
+            r#"milestones_reached_total{inferred="false",milestone="ordered"} 1"#,
+            "milestones_placeholders_inferred_total 2",
         ] {
             assert!(has(&m, line), "missing {line:?} in\n{}", m.encode_text());
         }

@@ -147,16 +147,9 @@ fn two_instances_answer_every_order_and_keep_answering_while_one_stops() {
                 .expect("stream");
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["content-type"], "text/event-stream");
-            let mut stream = SseReader::new(response);
-            let mut relayed = Vec::new();
-            while relayed.len() < wanted.len() {
-                let event = stream
-                    .next(Duration::from_secs(10))
-                    .await
-                    .expect("a relayed record");
-                relayed.push(serde_json::from_str::<Value>(&event.data).expect("JSON"));
-            }
-            relayed
+            SseReader::new(response)
+                .records(wanted.len(), Duration::from_secs(10), "relayed records")
+                .await
         });
     assert_eq!(relayed, wanted, "the order's records, relayed through a");
 
@@ -263,14 +256,13 @@ fn the_event_stream_delivers_each_committed_change_once_in_order_and_resumes() {
             .await
             .expect("stream");
         let mut stream = SseReader::new(response);
-        let mut resumed = Vec::new();
-        while resumed.len() < expected.len() - 2 {
-            let event = stream
-                .next(Duration::from_secs(10))
-                .await
-                .expect("a missed record");
-            resumed.push(serde_json::from_str::<Value>(&event.data).expect("JSON"));
-        }
+        let resumed = stream
+            .records(
+                expected.len() - 2,
+                Duration::from_secs(10),
+                "missed records",
+            )
+            .await;
         assert_eq!(resumed, expected[2..]);
         assert!(stream.next(Duration::from_secs(1)).await.is_none());
     });

@@ -171,3 +171,18 @@ kafka_client_tool() {
     done
     kafka_tool "$main" --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"
 }
+
+# Waits until the service with process id $1, serving /metrics at $2 (host:port), has
+# committed $3 input records: its record-to-commit histogram counts each event once, at the
+# commit of the transaction that processed it. Shows the service's log $4 and fails if the
+# service dies first.
+wait_committed() {
+    local pid=$1 listen=$2 records=$3 log=$4 committed
+    while :; do
+        sleep 0.05
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+        committed=$(curl -fsS "http://$listen/metrics" 2>/dev/null |
+            awk '/^milestones_record_to_commit_seconds_count/ {printf "%d", $2}')
+        [[ ${committed:-0} -ge $records ]] && return 0
+    done
+}

@@ -102,7 +102,6 @@ impl<'c> FetchQueue<'c> {
     /// come out as `Err` items of [`Batch::get`].
     pub fn consume(&self, timeout: Duration, max: usize, batch: &mut Batch<'c>) {
         batch.clear();
-        batch.messages.reserve(max);
         // librdkafka's batch call waits until it has `max` records or the time is up, a
         // wake-up per record: take what is there, and wait only for a first one.
         self.take(Duration::ZERO, max, batch);

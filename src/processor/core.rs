@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
-use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -22,7 +21,7 @@ use crate::emit::txn::{self, flush, retrying, send, TXN_TIMEOUT};
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
 use crate::ingest::{EventDecoder, InputRecord};
-use crate::metrics::Metrics;
+use crate::metrics::{LocalCounters, Metrics};
 use crate::state::{PartitionStore, RocksStore, StoreBatch};
 
 use super::ProcessorError;
@@ -230,55 +229,8 @@ pub(crate) struct Core {
     spare_times: Vec<(i64, Option<i64>)>,
     records_unclocked: u32,
     buffer: Vec<u8>,
-    counters: Counters,
-}
-
-/// Labelled counters the processor increments per event, looked up once each:
-/// `with_label_values` hashes the labels and takes a lock on every call.
-#[derive(Default)]
-struct Counters {
-    /// Per input topic (index in [`Settings::inputs`]), per event type.
-    events_in: Vec<FxHashMap<CompactString, IntCounter>>,
-    /// Per milestone name and inferred or not.
-    reached: FxHashMap<(CompactString, bool), IntCounter>,
-}
-
-impl Counters {
-    /// Beyond this many, new labels are not kept (the metrics' own guard caps the series).
-    const MAX_KEPT: usize = 2 * crate::metrics::MAX_EVENT_TYPES;
-
-    fn event_in(&mut self, metrics: &Metrics, input: usize, topic: &str, event_type: &str) {
-        if self.events_in.len() <= input {
-            self.events_in.resize_with(input + 1, FxHashMap::default);
-        }
-        let kept = &mut self.events_in[input];
-        match kept.get(event_type) {
-            Some(counter) => counter.inc(),
-            None => {
-                let counter = metrics.event_in_counter(topic, event_type);
-                counter.inc();
-                if kept.len() < Self::MAX_KEPT {
-                    kept.insert(event_type.into(), counter);
-                }
-            }
-        }
-    }
-
-    fn milestone_reached(&mut self, metrics: &Metrics, milestone: &CompactString, inferred: bool) {
-        if inferred {
-            metrics.placeholder_inferred();
-        }
-        match self.reached.get(&(milestone.clone(), inferred)) {
-            Some(counter) => counter.inc(),
-            None => {
-                let counter = metrics.milestone_reached_counter(milestone, inferred);
-                counter.inc();
-                if self.reached.len() < Self::MAX_KEPT {
-                    self.reached.insert((milestone.clone(), inferred), counter);
-                }
-            }
-        }
-    }
+    /// The per-event counters, looked up once each.
+    counters: LocalCounters,
 }
 
 impl Core {
@@ -312,7 +264,7 @@ impl Core {
             spare_times: Vec::new(),
             records_unclocked: 0,
             buffer: Vec::with_capacity(4096),
-            counters: Counters::default(),
+            counters: LocalCounters::default(),
         }
     }
 

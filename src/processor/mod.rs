@@ -311,7 +311,10 @@ fn process_until(
         let lead = inputs.group.poll(Duration::ZERO);
         restore_pending(inputs, core, state_dir, restorer, config, &fetch)?;
         let mut core = lock(core);
-        let mut polled = lead.is_some();
+        // A record from a poll rather than the batch; the batch counts its own for the
+        // commit interval.
+        let mut unbatched = lead.is_some();
+        let mut polled = unbatched;
         let mut registry_down = match lead {
             Some(message) => handle(&mut core, inputs, message)?,
             None => false,
@@ -336,7 +339,7 @@ fn process_until(
         if let (false, Some(follower)) = (registry_down, inputs.follower) {
             let wait = if polled { Duration::ZERO } else { POLL };
             if let Some(message) = follower.poll(wait) {
-                polled = true;
+                unbatched = true;
                 registry_down = handle(&mut core, inputs, message)?;
             }
         }
@@ -345,7 +348,7 @@ fn process_until(
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        if core.commit_due(polled) {
+        if core.commit_due(unbatched) {
             core.commit(inputs)?;
         }
     }

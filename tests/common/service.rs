@@ -181,6 +181,19 @@ impl SseReader {
         }
     }
 
+    /// The data of the next `n` events, each a JSON record; panics, naming `what`, when
+    /// one does not come within `timeout`.
+    pub async fn records(&mut self, n: usize, timeout: Duration, what: &str) -> Vec<Value> {
+        let mut records = Vec::with_capacity(n);
+        while records.len() < n {
+            let event = self.next(timeout).await.unwrap_or_else(|| {
+                panic!("{what}: {} of {n} within {timeout:?} each", records.len())
+            });
+            records.push(serde_json::from_str::<Value>(&event.data).expect("JSON"));
+        }
+        records
+    }
+
     /// The next event (comments and keep-alives skipped); None when the stream ended or
     /// `timeout` passed first.
     pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
