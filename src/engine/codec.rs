@@ -105,6 +105,18 @@ pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
     }
 }
 
+/// `raw` as text, when it is UTF-8. Ids, types and ASINs are ASCII: checking that is much
+/// cheaper than a full UTF-8 validation of many short strings, and ASCII is valid UTF-8.
+#[inline]
+pub(crate) fn utf8(raw: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if raw.is_ascii() {
+        // SAFETY: every byte is ASCII, so `raw` is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(raw) })
+    } else {
+        std::str::from_utf8(raw)
+    }
+}
+
 /// The encoding of `graph` as a new buffer.
 pub fn to_bytes(graph: &OrderGraph) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + 64 * graph.events.len());
@@ -363,14 +375,7 @@ impl Reader<'_> {
     fn string(&mut self) -> Result<CompactString, CodecError> {
         let n = self.len()?;
         let raw = &self.bytes[self.at..self.at + n];
-        // Ids, types and ASINs are ASCII: checking that is much cheaper than a full UTF-8
-        // validation of many short strings, and ASCII is valid UTF-8.
-        let s = if raw.is_ascii() {
-            // SAFETY: every byte is ASCII, so `raw` is valid UTF-8.
-            unsafe { std::str::from_utf8_unchecked(raw) }
-        } else {
-            std::str::from_utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?
-        };
+        let s = utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
         self.at += n;
         Ok(CompactString::new(s))
     }

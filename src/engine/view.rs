@@ -1,9 +1,8 @@
 //! What the engine tells the world: the order view (contract section 3) and the milestone
 //! change records (section 4). Field names are the contract's, in JSON and in Avro.
 
-use std::collections::BTreeMap;
-
 use compact_str::CompactString;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::event::OrderEvent;
@@ -76,34 +75,67 @@ pub(crate) struct ItemFact {
     pub substituted: i64,
 }
 
+/// Up to this many ASINs, [`item_facts`] finds an ASIN's fact by a scan.
+const SCAN_ITEMS: usize = 32;
+
 /// Builds the item nodes: ordered quantities from the counting ordered event (the one with
 /// the smallest `occurred_at`, then `event_id`), sums of the distinct shorted, substituted
-/// and picked events. Every ASIN any event names is listed.
+/// and picked events. Every ASIN any event names is listed, sorted.
 pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
+    let roles: Vec<Option<ItemRole>> = events
+        .iter()
+        .map(|e| rules.item_role(&e.event_type))
+        .collect();
     let counting = events
         .iter()
-        .filter(|e| rules.item_role(&e.event_type) == Some(ItemRole::Ordered))
+        .zip(&roles)
+        .filter(|(_, &role)| role == Some(ItemRole::Ordered))
+        .map(|(e, _)| e)
         .min_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
     let placeholder = counting.is_none();
-    let mut items: BTreeMap<&str, ItemFact> = BTreeMap::new();
-    for event in events {
-        let role = rules.item_role(&event.event_type);
+    let mut items: Vec<ItemFact> = Vec::with_capacity(16);
+    // The ASINs of `items`, in the same order; and where each is, once there are too many
+    // for a scan.
+    let mut asins: Vec<&str> = Vec::with_capacity(16);
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    for (event, &role) in events.iter().zip(&roles) {
         let counts = match role {
             Some(ItemRole::Ordered) => std::ptr::eq(event, counting.unwrap_or(event)),
             Some(_) => true,
             None => false,
         };
         for item in &event.items {
-            let fact = items.entry(&item.asin).or_insert_with(|| ItemFact {
-                asin: item.asin.clone(),
-                ordered: (!placeholder).then_some(0),
-                picked: 0,
-                shorted: 0,
-                substituted: 0,
-            });
+            // An order names tens of ASINs: a scan beats a map, up to a point.
+            let asin = item.asin.as_str();
+            let found = if asins.len() <= SCAN_ITEMS {
+                asins.iter().position(|&known| known == asin)
+            } else {
+                if index.is_empty() {
+                    index.extend(asins.iter().enumerate().map(|(at, &known)| (known, at)));
+                }
+                index.get(asin).copied()
+            };
+            let at = match found {
+                Some(at) => at,
+                None => {
+                    if !index.is_empty() {
+                        index.insert(asin, items.len());
+                    }
+                    asins.push(asin);
+                    items.push(ItemFact {
+                        asin: item.asin.clone(),
+                        ordered: (!placeholder).then_some(0),
+                        picked: 0,
+                        shorted: 0,
+                        substituted: 0,
+                    });
+                    items.len() - 1
+                }
+            };
             if !counts {
                 continue;
             }
+            let fact = &mut items[at];
             let qty = i64::from(item.qty);
             match role {
                 Some(ItemRole::Ordered) => fact.ordered = Some(fact.ordered.unwrap_or(0) + qty),
@@ -114,8 +146,84 @@ pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
             }
         }
     }
-    ItemFacts {
-        placeholder,
-        items: items.into_values().collect(),
+    items.sort_unstable_by(|a, b| a.asin.cmp(&b.asin));
+    ItemFacts { placeholder, items }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::event::test_event as event;
+    use super::*;
+
+    /// The item facts by a plain map over every line, the definition `item_facts` must
+    /// agree with: (ordered, picked, shorted, substituted) per ASIN.
+    fn by_map(events: &[OrderEvent]) -> BTreeMap<String, (Option<i64>, i64, i64, i64)> {
+        let counting = events
+            .iter()
+            .filter(|e| e.event_type == "OrderCreated")
+            .min_by_key(|e| (e.occurred_at, e.event_id.clone()));
+        let mut facts = BTreeMap::new();
+        for e in events {
+            for item in &e.items {
+                let fact =
+                    facts
+                        .entry(item.asin.to_string())
+                        .or_insert((counting.map(|_| 0), 0, 0, 0));
+                let qty = i64::from(item.qty);
+                match e.event_type.as_str() {
+                    "OrderCreated" if std::ptr::eq(e, counting.unwrap()) => {
+                        fact.0 = Some(fact.0.unwrap() + qty)
+                    }
+                    "ItemPicked" => fact.1 += qty,
+                    "ItemShorted" => fact.2 += qty,
+                    "ItemSubstituted" => fact.3 += qty,
+                    _ => {}
+                }
+            }
+        }
+        facts
+    }
+
+    #[test]
+    fn item_facts_sum_each_asin_whether_few_or_many() {
+        let rules = Rules::builtin().unwrap();
+        for n in [3, 32, 33, 120] {
+            let asins: Vec<String> = (0..n).map(|k| format!("B{:03}", (k * 37) % 1000)).collect();
+            let lines = |step: usize, qty: i32| -> Vec<(&str, i32)> {
+                asins
+                    .iter()
+                    .step_by(step)
+                    .map(|a| (a.as_str(), qty))
+                    .collect()
+            };
+            let mut events = vec![
+                event("pick", "ItemPicked", 20, &lines(2, 1)),
+                event("short", "ItemShorted", 21, &lines(3, 1)),
+                event("sub", "ItemSubstituted", 22, &lines(5, 2)),
+                event("late", "OrderCreated", 30, &lines(1, 9)), // not the counting one
+                event("c", "OrderCreated", 10, &lines(1, 2)),
+                event("odd", "Delivered", 40, &[("X-only-named", 4)]),
+            ];
+            let facts = item_facts(&rules, &events);
+            let got: BTreeMap<String, (Option<i64>, i64, i64, i64)> = facts
+                .items
+                .iter()
+                .map(|f| {
+                    let sums = (f.ordered, f.picked, f.shorted, f.substituted);
+                    (f.asin.to_string(), sums)
+                })
+                .collect();
+            assert_eq!(got, by_map(&events), "{n} ASINs");
+            let listed: Vec<&str> = facts.items.iter().map(|f| f.asin.as_str()).collect();
+            assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
+            assert!(!facts.placeholder);
+
+            events.retain(|e| e.event_type != "OrderCreated");
+            let placeholder = item_facts(&rules, &events);
+            assert!(placeholder.placeholder);
+            assert!(placeholder.items.iter().all(|f| f.ordered.is_none()));
+        }
     }
 }

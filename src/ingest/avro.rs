@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use apache_avro::types::Value;
 use compact_str::CompactString;
 
-use crate::engine::{Item, OrderEvent};
+use crate::engine::{codec, Item, OrderEvent};
 
 /// Our reader schema for input events.
 pub const ORDER_EVENT_SCHEMA: &str = include_str!("../../avro/order_event.avsc");
@@ -131,7 +131,8 @@ impl Reader<'_> {
             })?;
         let (text, rest) = self.bytes.split_at(len);
         self.bytes = rest;
-        CompactString::from_utf8(text).map_err(|e| format!("{field}: not UTF-8: {e}"))
+        let text = codec::utf8(text).map_err(|e| format!("{field}: not UTF-8: {e}"))?;
+        Ok(CompactString::new(text))
     }
 
     /// The item count of the next block of an array or map, `None` at the end marker. A
