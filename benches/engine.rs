@@ -3,7 +3,8 @@
 //! redelivered, 64 orders in flight at once.
 //!
 //! `cargo bench --bench engine` (see BENCHMARKS.md). Prints the encoded state sizes of the
-//! finished orders before timing.
+//! finished orders before timing. Also times the apply alone (the service keeps a
+//! transaction's graphs in memory) and what a commit does per changed order.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -69,10 +70,24 @@ fn report_sizes(engine: &Engine, events: &[OrderEvent]) {
     );
 }
 
+/// The graphs of the stream's orders, built in memory the way the service builds them within
+/// a transaction (no stored encoding to append to).
+fn graphs(engine: &Engine, events: &[OrderEvent]) -> Vec<OrderGraph> {
+    let mut graphs: HashMap<CompactString, OrderGraph> = HashMap::new();
+    for event in events {
+        let graph = graphs
+            .entry(event.order_id.clone())
+            .or_insert_with(|| OrderGraph::new(event.order_id.clone()));
+        engine.apply(graph, event.clone());
+    }
+    graphs.into_values().collect()
+}
+
 fn bench(c: &mut Criterion) {
     let engine = Engine::new(Arc::new(Rules::builtin().expect("built-in rules")));
     let events = stream();
     report_sizes(&engine, &events);
+    let finished = graphs(&engine, &events);
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(20);
@@ -82,6 +97,43 @@ fn bench(c: &mut Criterion) {
             |(events, mut store)| black_box(process(&engine, events, &mut store)),
             BatchSize::PerIteration,
         )
+    });
+    // The service keeps a transaction's graphs in memory: per event, only the apply.
+    group.bench_function("apply", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |events| {
+                let mut graphs: HashMap<CompactString, OrderGraph> =
+                    HashMap::with_capacity(ORDERS as usize);
+                let mut records = 0;
+                for event in events {
+                    let graph = graphs
+                        .entry(event.order_id.clone())
+                        .or_insert_with(|| OrderGraph::new(event.order_id.clone()));
+                    records += engine.apply(graph, event).changes.len();
+                }
+                black_box(records)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    // What a commit does per changed order besides producing: its state encoded, its view.
+    let mut group = c.benchmark_group("commit");
+    group.throughput(Throughput::Elements(finished.len() as u64));
+    group.sample_size(20);
+    group.bench_function("state_and_view_per_order", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            let mut bytes = 0;
+            for graph in &finished {
+                out.clear();
+                codec::encode(graph, &mut out);
+                bytes += out.len() + engine.view(graph).items.len();
+            }
+            black_box(bytes)
+        })
     });
     group.finish();
 }
