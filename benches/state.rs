@@ -73,6 +73,24 @@ fn store_benches(c: &mut Criterion) {
             black_box(store.get(&key(i)).expect("get"))
         })
     });
+    // The service's commonest read under a backlog: an order seen for the first time, looked
+    // up while its partition's recent writes are still in the memtable.
+    let recent_dir = tempfile::tempdir().expect("temp dir");
+    let mut recent = open_store(recent_dir.path());
+    for chunk in (0..20_000).collect::<Vec<_>>().chunks(1000) {
+        let mut batch = StoreBatch::new();
+        for &i in chunk {
+            batch.put(key(i), value(i));
+        }
+        recent.write(batch).expect("loading the store");
+    }
+    let mut missing = 0u32;
+    group.bench_function("get_missing_key_memtable", |b| {
+        b.iter(|| {
+            missing = (missing + 7919) % 1_000_000;
+            black_box(recent.get(&key(1_000_000 + missing)).expect("get"))
+        })
+    });
     let mut offset = 0i64;
     group.bench_function("write_1_put_1KiB_with_checkpoint", |b| {
         b.iter_batched(
