@@ -135,6 +135,24 @@ fn bench(c: &mut Criterion) {
             black_box(bytes)
         })
     });
+    // The retention sweep's check of a stored order: is it finished, and since when.
+    let stored: Vec<Vec<u8>> = finished.iter().map(codec::to_bytes).collect();
+    group.bench_function("retention_check_per_stored_order_decoded", |b| {
+        b.iter(|| {
+            let finished = stored.iter().filter_map(|bytes| {
+                engine.finished_at(&codec::decode(bytes).expect("own encoding decodes"))
+            });
+            black_box(finished.count())
+        })
+    });
+    group.bench_function("retention_check_per_stored_order_summary", |b| {
+        b.iter(|| {
+            let finished = stored.iter().filter_map(|bytes| {
+                engine.finished_at_stored(&codec::summary(bytes).expect("own encoding reads"))
+            });
+            black_box(finished.count())
+        })
+    });
     group.finish();
 }
 

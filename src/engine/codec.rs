@@ -220,6 +220,80 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
     })
 }
 
+/// What retention needs of a stored graph, read without building the graph: the latest
+/// `occurred_at` among its events and its milestones' names. The sweep over a store reads
+/// hundreds of orders per transaction and keeps almost all of them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary<'a> {
+    pub last_occurred_at: Option<i64>,
+    pub milestones: Vec<&'a str>,
+}
+
+/// Reads the [`Summary`] of a stored graph. Errors when the bytes are not a graph of a known
+/// format (it checks the layout, not every value: an item quantity out of range, invalid
+/// UTF-8 in a string it skips or an evidence edge to a missing event pass here and fail
+/// [`decode`]); never panics, whatever the bytes.
+pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
+    let mut r = Reader { bytes, at: 0 };
+    match r.u8().map_err(|_| CodecError::Empty)? {
+        FORMAT => {}
+        other => return Err(CodecError::UnknownFormat(other)),
+    }
+    r.skip_string()?; // order id
+    r.u64()?; // sequence
+    r.u64()?; // duplicates
+    let n_events = r.len()?;
+    let mut table: Vec<&str> = Vec::with_capacity(8);
+    let mut last_occurred_at = None;
+    for _ in 0..n_events {
+        r.skip_string()?; // event id
+        r.str_ref(&mut table)?; // type
+        r.str_ref(&mut table)?; // source
+        last_occurred_at = last_occurred_at.max(Some(r.i64()?));
+        r.str_ref(&mut table)?; // line of business
+        r.str_ref(&mut table)?; // marketplace
+        match r.u8()? {
+            0 => {}
+            1 => {
+                r.str_ref(&mut table)?; // customer
+            }
+            _ => return Err(r.malformed("customer flag is neither 0 nor 1")),
+        }
+        for _ in 0..r.len()? {
+            r.skip_string()?; // ASIN
+            r.u64()?; // quantity
+        }
+        for _ in 0..r.len()? {
+            r.skip_string()?; // attribute key
+            r.skip_string()?; // and value
+        }
+    }
+    let n_milestones = r.len()?;
+    let mut milestones = Vec::with_capacity(n_milestones);
+    for _ in 0..n_milestones {
+        let name = match r.u64()? {
+            0 => r.text()?,
+            k => *table
+                .get((k - 1) as usize)
+                .ok_or_else(|| r.malformed("string table index out of range"))?,
+        };
+        milestones.push(name);
+        if r.u8()? & 2 != 0 {
+            r.i64()?; // reached_at
+        }
+        for _ in 0..r.len()? {
+            r.u64()?; // evidence edge
+        }
+    }
+    if r.at != bytes.len() {
+        return Err(r.malformed("trailing bytes"));
+    }
+    Ok(Summary {
+        last_occurred_at,
+        milestones,
+    })
+}
+
 /// The string table as encoding goes: distinct strings in first-seen order; a handful per
 /// order, so a linear search beats a map.
 #[derive(Default)]
@@ -286,7 +360,7 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn malformed(&self, what: &'static str) -> CodecError {
         CodecError::Malformed { at: self.at, what }
     }
@@ -373,11 +447,40 @@ impl Reader<'_> {
 
     #[inline]
     fn string(&mut self) -> Result<CompactString, CodecError> {
+        Ok(CompactString::new(self.text()?))
+    }
+
+    /// A string, borrowed from the bytes.
+    #[inline]
+    fn text(&mut self) -> Result<&'a str, CodecError> {
         let n = self.len()?;
         let raw = &self.bytes[self.at..self.at + n];
         let s = utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
         self.at += n;
-        Ok(CompactString::new(s))
+        Ok(s)
+    }
+
+    /// Steps over a string without reading it.
+    #[inline]
+    fn skip_string(&mut self) -> Result<(), CodecError> {
+        let n = self.len()?;
+        self.at += n;
+        Ok(())
+    }
+
+    /// Like [`Reader::table_ref`], borrowing from the bytes.
+    fn str_ref(&mut self, table: &mut Vec<&'a str>) -> Result<&'a str, CodecError> {
+        match self.u64()? {
+            0 => {
+                let s = self.text()?;
+                table.push(s);
+                Ok(s)
+            }
+            k => table
+                .get((k - 1) as usize)
+                .copied()
+                .ok_or_else(|| self.malformed("string table index out of range")),
+        }
     }
 }
 
@@ -456,13 +559,17 @@ mod tests {
         let bytes = to_bytes(&sample());
         assert_eq!(decode(&[]), Err(CodecError::Empty));
         assert_eq!(decode(&[9]), Err(CodecError::UnknownFormat(9)));
+        assert_eq!(summary(&[]), Err(CodecError::Empty));
+        assert_eq!(summary(&[9]), Err(CodecError::UnknownFormat(9)));
         for cut in 1..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} decoded");
+            assert!(summary(&bytes[..cut]).is_err(), "truncated at {cut} read");
         }
         let mut flipped = bytes.clone();
         for i in 1..flipped.len() {
             flipped[i] ^= 0xff;
             let _ = decode(&flipped); // must not panic
+            let _ = summary(&flipped);
             flipped[i] ^= 0xff;
         }
         let mut trailing = bytes;
@@ -471,6 +578,40 @@ mod tests {
             decode(&trailing),
             Err(CodecError::Malformed { .. })
         ));
+        assert!(matches!(
+            summary(&trailing),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_summary_is_what_the_decoded_graph_says() {
+        let engine = crate::engine::Engine::new(std::sync::Arc::new(
+            crate::engine::Rules::builtin().unwrap(),
+        ));
+        let mut graphs: std::collections::HashMap<CompactString, OrderGraph> = Default::default();
+        let generated = crate::generate::Generator::new(crate::generate::GenerateConfig {
+            orders: 300,
+            ..Default::default()
+        });
+        for event in generated {
+            let graph = graphs
+                .entry(event.order_id.clone())
+                .or_insert_with(|| OrderGraph::new(event.order_id.clone()));
+            engine.apply(graph, event);
+        }
+        graphs.insert("sample".into(), sample());
+        graphs.insert("empty".into(), OrderGraph::new("empty"));
+        for graph in graphs.values() {
+            let bytes = to_bytes(graph);
+            let read = summary(&bytes).unwrap();
+            let names: Vec<&str> = graph.milestones.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(read.milestones, names, "{}", graph.order_id);
+            assert_eq!(read.last_occurred_at, graph.last_occurred_at());
+            assert_eq!(engine.finished_at_stored(&read), engine.finished_at(graph));
+        }
+        let finished = graphs.values().filter(|g| engine.finished_at(g).is_some());
+        assert!(finished.count() > 100, "the generator finishes most orders");
     }
 
     /// The size target of issue 3: a realistic order (~10 events, ~10 items) fits in 2 KiB.

@@ -188,10 +188,29 @@ impl Engine {
     /// cancelled) had its last event (epoch ms); None while the order is not finished.
     /// What state retention measures from.
     pub fn finished_at(&self, graph: &OrderGraph) -> Option<i64> {
-        let status = self.status(graph)?;
-        let id = self.rules.milestone_id(status)?;
-        if self.rules.milestones()[id].is_final {
-            graph.last_occurred_at()
+        let names = graph.milestones.iter().map(|node| node.name.as_str());
+        self.finished_from(names, || graph.last_occurred_at())
+    }
+
+    /// [`Engine::finished_at`] of a stored order, from its [`codec::summary`]: what the
+    /// retention sweep reads, without decoding the graph.
+    pub fn finished_at_stored(&self, summary: &codec::Summary<'_>) -> Option<i64> {
+        let names = summary.milestones.iter().copied();
+        self.finished_from(names, || summary.last_occurred_at)
+    }
+
+    /// When an order with these milestones and this last event time finished, if it did:
+    /// its status (the known milestone of highest rank) is final.
+    fn finished_from<'n>(
+        &self,
+        milestones: impl Iterator<Item = &'n str>,
+        last_occurred_at: impl FnOnce() -> Option<i64>,
+    ) -> Option<i64> {
+        let status = milestones
+            .filter_map(|name| self.rules.milestone_id(name))
+            .max()?;
+        if self.rules.milestones()[status].is_final {
+            last_occurred_at()
         } else {
             None
         }

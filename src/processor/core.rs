@@ -731,9 +731,12 @@ fn sweep(
         if dirty.contains_key(order_id) {
             return true;
         }
-        match codec::decode(value) {
-            Ok(graph) => {
-                if engine.finished_at(&graph).is_some_and(|at| at < horizon) {
+        match codec::summary(value) {
+            Ok(summary) => {
+                if engine
+                    .finished_at_stored(&summary)
+                    .is_some_and(|at| at < horizon)
+                {
                     expired.push(key.to_vec());
                 }
             }
