@@ -172,6 +172,16 @@ kafka_client_tool() {
     kafka_tool "$main" --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"
 }
 
+# A benchmark's service configuration $1 under another application id $2 (so a fresh group,
+# fresh output topics named after it, and nothing restored) with its state in $3, to stdout.
+config_as() {
+    local source=$1 id=$2 state=$3
+    sed -e "s/^id = .*/id = \"$id\"/" \
+        -e "s/^changes = .*/changes = \"$id-milestones\"/" \
+        -e "s/^status = .*/status = \"$id-status\"/" \
+        -e "s#^dir = .*#dir = \"$state\"#" "$source"
+}
+
 # Waits until the service with process id $1, serving /metrics at $2 (host:port), has
 # committed $3 input records: its record-to-commit histogram counts each event once, at the
 # commit of the transaction that processed it. Shows the service's log $4 and fails if the

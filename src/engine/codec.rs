@@ -127,28 +127,24 @@ pub fn to_bytes(graph: &OrderGraph) -> Vec<u8> {
 /// Reads a graph back. Errors when the bytes are not a graph of a known format; never
 /// panics, whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
-    let mut r = Reader { bytes, at: 0 };
-    match r.u8().map_err(|_| CodecError::Empty)? {
-        FORMAT => {}
-        other => return Err(CodecError::UnknownFormat(other)),
-    }
+    let mut r = Reader::open(bytes)?;
     let order_id = r.string()?;
     let sequence = r.u64()?;
     let duplicates = r.u64()?;
     let n_events = r.len()?;
     let events_start = r.at;
-    let mut table: Vec<CompactString> = Vec::with_capacity(8);
+    let mut table: Vec<&str> = Vec::with_capacity(8);
     let mut events = Vec::with_capacity(n_events);
     for _ in 0..n_events {
         let event_id = r.string()?;
-        let event_type = r.table_ref(&mut table)?;
-        let source = r.table_ref(&mut table)?;
+        let event_type = CompactString::new(r.str_ref(&mut table)?);
+        let source = CompactString::new(r.str_ref(&mut table)?);
         let occurred_at = r.i64()?;
-        let line_of_business = r.table_ref(&mut table)?;
-        let marketplace = r.table_ref(&mut table)?;
+        let line_of_business = CompactString::new(r.str_ref(&mut table)?);
+        let marketplace = CompactString::new(r.str_ref(&mut table)?);
         let customer_id = match r.u8()? {
             0 => None,
-            1 => Some(r.table_ref(&mut table)?),
+            1 => Some(CompactString::new(r.str_ref(&mut table)?)),
             _ => return Err(r.malformed("customer flag is neither 0 nor 1")),
         };
         let n_items = r.len()?;
@@ -181,13 +177,13 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
     let encoded_events = EncodedEvents {
         bytes: bytes[events_start..r.at].to_vec(),
         count: events.len(),
-        table,
+        table: table.iter().map(|&s| CompactString::new(s)).collect(),
     };
 
     let n_milestones = r.len()?;
     let mut milestones = Vec::with_capacity(n_milestones);
     for _ in 0..n_milestones {
-        let name = r.name_ref(&encoded_events.table)?;
+        let name = CompactString::new(r.name(&table)?);
         let flags = r.u8()?;
         let reached_at = if flags & 2 != 0 { Some(r.i64()?) } else { None };
         let n_evidence = r.len()?;
@@ -234,11 +230,7 @@ pub struct Summary<'a> {
 /// UTF-8 in a string it skips or an evidence edge to a missing event pass here and fail
 /// [`decode`]); never panics, whatever the bytes.
 pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
-    let mut r = Reader { bytes, at: 0 };
-    match r.u8().map_err(|_| CodecError::Empty)? {
-        FORMAT => {}
-        other => return Err(CodecError::UnknownFormat(other)),
-    }
+    let mut r = Reader::open(bytes)?;
     r.skip_string()?; // order id
     r.u64()?; // sequence
     r.u64()?; // duplicates
@@ -271,13 +263,7 @@ pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
     let n_milestones = r.len()?;
     let mut milestones = Vec::with_capacity(n_milestones);
     for _ in 0..n_milestones {
-        let name = match r.u64()? {
-            0 => r.text()?,
-            k => *table
-                .get((k - 1) as usize)
-                .ok_or_else(|| r.malformed("string table index out of range"))?,
-        };
-        milestones.push(name);
+        milestones.push(r.name(&table)?);
         if r.u8()? & 2 != 0 {
             r.i64()?; // reached_at
         }
@@ -361,6 +347,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader after the format byte, which must be this build's.
+    fn open(bytes: &'a [u8]) -> Result<Reader<'a>, CodecError> {
+        let mut r = Reader { bytes, at: 0 };
+        match r.u8().map_err(|_| CodecError::Empty)? {
+            FORMAT => Ok(r),
+            other => Err(CodecError::UnknownFormat(other)),
+        }
+    }
+
     fn malformed(&self, what: &'static str) -> CodecError {
         CodecError::Malformed { at: self.at, what }
     }
@@ -395,37 +390,6 @@ impl<'a> Reader<'a> {
             }
         }
         Err(self.malformed("varint longer than 10 bytes"))
-    }
-
-    /// A string reference: `0` and a new string, which joins the table, or a table index.
-    fn table_ref(&mut self, table: &mut Vec<CompactString>) -> Result<CompactString, CodecError> {
-        match self.u64()? {
-            0 => {
-                let s = self.string()?;
-                table.push(s.clone());
-                Ok(s)
-            }
-            k => self.table_entry(table, k - 1),
-        }
-    }
-
-    /// A milestone name: like [`Reader::table_ref`], but a new string does not join the table.
-    fn name_ref(&mut self, table: &[CompactString]) -> Result<CompactString, CodecError> {
-        match self.u64()? {
-            0 => self.string(),
-            k => self.table_entry(table, k - 1),
-        }
-    }
-
-    fn table_entry(
-        &self,
-        table: &[CompactString],
-        index: u64,
-    ) -> Result<CompactString, CodecError> {
-        table
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| self.malformed("string table index out of range"))
     }
 
     #[inline]
@@ -468,7 +432,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Like [`Reader::table_ref`], borrowing from the bytes.
+    /// A string reference: `0` and a new string, which joins the table, or a table index.
     fn str_ref(&mut self, table: &mut Vec<&'a str>) -> Result<&'a str, CodecError> {
         match self.u64()? {
             0 => {
@@ -476,11 +440,23 @@ impl<'a> Reader<'a> {
                 table.push(s);
                 Ok(s)
             }
-            k => table
-                .get((k - 1) as usize)
-                .copied()
-                .ok_or_else(|| self.malformed("string table index out of range")),
+            k => self.table_entry(table, k - 1),
         }
+    }
+
+    /// A milestone name: like [`Reader::str_ref`], but a new string does not join the table.
+    fn name(&mut self, table: &[&'a str]) -> Result<&'a str, CodecError> {
+        match self.u64()? {
+            0 => self.text(),
+            k => self.table_entry(table, k - 1),
+        }
+    }
+
+    fn table_entry(&self, table: &[&'a str], index: u64) -> Result<&'a str, CodecError> {
+        table
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| self.malformed("string table index out of range"))
     }
 }
 

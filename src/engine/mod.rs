@@ -163,7 +163,7 @@ impl Engine {
                 .items
                 .into_iter()
                 .map(|f| ItemView {
-                    asin: f.asin,
+                    asin: f.asin.into(),
                     ordered: f.ordered,
                     shorted: f.shorted,
                     substituted: f.substituted,

@@ -61,14 +61,14 @@ pub struct MilestoneChange {
     pub customer_id: Option<CompactString>,
 }
 
-/// Item nodes of an order, derived from its events.
-pub(crate) struct ItemFacts {
+/// Item nodes of an order, derived from its events (whose ASINs they borrow).
+pub(crate) struct ItemFacts<'e> {
     pub placeholder: bool,
-    pub items: Vec<ItemFact>,
+    pub items: Vec<ItemFact<'e>>,
 }
 
-pub(crate) struct ItemFact {
-    pub asin: CompactString,
+pub(crate) struct ItemFact<'e> {
+    pub asin: &'e str,
     pub ordered: Option<i64>,
     pub picked: i64,
     pub shorted: i64,
@@ -81,7 +81,7 @@ const SCAN_ITEMS: usize = 32;
 /// Builds the item nodes: ordered quantities from the counting ordered event (the one with
 /// the smallest `occurred_at`, then `event_id`), sums of the distinct shorted, substituted
 /// and picked events. Every ASIN any event names is listed, sorted.
-pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
+pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFacts<'e> {
     let roles: Vec<Option<ItemRole>> = events
         .iter()
         .map(|e| rules.item_role(&e.event_type))
@@ -93,11 +93,9 @@ pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
         .map(|(e, _)| e)
         .min_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
     let placeholder = counting.is_none();
-    let mut items: Vec<ItemFact> = Vec::with_capacity(16);
-    // The ASINs of `items`, in the same order; and where each is, once there are too many
-    // for a scan.
-    let mut asins: Vec<&str> = Vec::with_capacity(16);
-    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut items: Vec<ItemFact<'e>> = Vec::with_capacity(16);
+    // Where each ASIN is in `items`, once there are too many for a scan.
+    let mut index: FxHashMap<&'e str, usize> = FxHashMap::default();
     for (event, &role) in events.iter().zip(&roles) {
         let counts = match role {
             Some(ItemRole::Ordered) => std::ptr::eq(event, counting.unwrap_or(event)),
@@ -107,11 +105,11 @@ pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
         for item in &event.items {
             // An order names tens of ASINs: a scan beats a map, up to a point.
             let asin = item.asin.as_str();
-            let found = if asins.len() <= SCAN_ITEMS {
-                asins.iter().position(|&known| known == asin)
+            let found = if items.len() <= SCAN_ITEMS {
+                items.iter().position(|fact| fact.asin == asin)
             } else {
                 if index.is_empty() {
-                    index.extend(asins.iter().enumerate().map(|(at, &known)| (known, at)));
+                    index.extend(items.iter().enumerate().map(|(at, f)| (f.asin, at)));
                 }
                 index.get(asin).copied()
             };
@@ -121,9 +119,8 @@ pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
                     if !index.is_empty() {
                         index.insert(asin, items.len());
                     }
-                    asins.push(asin);
                     items.push(ItemFact {
-                        asin: item.asin.clone(),
+                        asin,
                         ordered: (!placeholder).then_some(0),
                         picked: 0,
                         shorted: 0,
@@ -146,7 +143,7 @@ pub(crate) fn item_facts(rules: &Rules, events: &[OrderEvent]) -> ItemFacts {
             }
         }
     }
-    items.sort_unstable_by(|a, b| a.asin.cmp(&b.asin));
+    items.sort_unstable_by(|a, b| a.asin.cmp(b.asin));
     ItemFacts { placeholder, items }
 }
 
@@ -216,7 +213,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(got, by_map(&events), "{n} ASINs");
-            let listed: Vec<&str> = facts.items.iter().map(|f| f.asin.as_str()).collect();
+            let listed: Vec<&str> = facts.items.iter().map(|f| f.asin).collect();
             assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
             assert!(!facts.placeholder);
 
