@@ -379,6 +379,36 @@ fn handle<R: InputRecord>(
     }
 }
 
+/// How long a partition's restore is tried again after retriable errors (a changelog created
+/// a moment ago whose leader the broker does not know yet, a broker restarting) before the
+/// instance gives up and stops.
+const RESTORE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// The wait after a first retriable restore error; it doubles, up to 5 s.
+const RESTORE_RETRY_FIRST_WAIT: Duration = Duration::from_millis(200);
+
+/// Runs `restore` until it succeeds, fails for good, or retriable failures have gone on for
+/// about `budget`. A restore resumes from the store's checkpoint, so a new attempt redoes at
+/// most the batch that failed.
+fn retry_restore<T>(
+    budget: Duration,
+    first_wait: Duration,
+    mut restore: impl FnMut() -> Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    let started = std::time::Instant::now();
+    let mut wait = first_wait;
+    loop {
+        match restore() {
+            Err(error) if error.is_retriable() && started.elapsed() + wait < budget => {
+                warn!(%error, ?wait, "restore failed; trying again");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Restores the stores of newly assigned partitions, then has their records sent to `fetch`
 /// and resumes them, and assigns the follower the same partitions of the other input topics
 /// from the group's committed offsets.
@@ -422,18 +452,21 @@ fn restore_pending(
     let changelog = config.changelog_topic();
     for (topic, partition) in pending {
         let (mut store, opened) = state_dir.open_partition(partition)?;
-        let outcome = restorer.restore(
-            &mut store,
-            &changelog,
-            partition,
-            &config.state,
-            &mut |progress| {
-                metrics.restore_progress(&progress);
-                health.heartbeat(); // a long restore is progress, not a hang
-            },
-        );
-        metrics.restore_finished(partition, outcome.as_ref());
-        let outcome = outcome?;
+        let outcome = retry_restore(RESTORE_RETRY_FOR, RESTORE_RETRY_FIRST_WAIT, || {
+            let outcome = restorer.restore(
+                &mut store,
+                &changelog,
+                partition,
+                &config.state,
+                &mut |progress| {
+                    metrics.restore_progress(&progress);
+                    health.heartbeat(); // a long restore is progress, not a hang
+                },
+            );
+            metrics.restore_finished(partition, outcome.as_ref());
+            health.heartbeat();
+            outcome
+        })?;
         debug!(
             partition,
             ?opened,
@@ -464,4 +497,64 @@ fn restore_pending(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(retriable: bool) -> RestoreError {
+        if retriable {
+            RestoreError::Stalled {
+                topic: "c".into(),
+                partition: 0,
+                offset: 1,
+                end_offset: 2,
+                waited: Duration::from_secs(1),
+            }
+        } else {
+            RestoreError::KeylessRecord {
+                topic: "c".into(),
+                partition: 0,
+                offset: 1,
+            }
+        }
+    }
+
+    #[test]
+    fn a_restore_is_tried_again_only_after_retriable_errors_and_within_its_budget() {
+        let budget = Duration::from_secs(5);
+        let wait = Duration::from_millis(1);
+        // Retriable twice, then done.
+        let mut attempts = 0;
+        let done = retry_restore(budget, wait, || {
+            attempts += 1;
+            if attempts < 3 {
+                Err(failure(true))
+            } else {
+                Ok(attempts)
+            }
+        });
+        assert_eq!(done.ok(), Some(3));
+
+        // Not retriable: the first error is the answer.
+        let mut attempts = 0;
+        let failed = retry_restore(budget, wait, || {
+            attempts += 1;
+            Err::<(), _>(failure(false))
+        });
+        assert!(matches!(failed, Err(RestoreError::KeylessRecord { .. })));
+        assert_eq!(attempts, 1);
+
+        // Retriable for ever: given up once the budget is spent.
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
+        let failed = retry_restore(Duration::from_millis(50), wait, || {
+            attempts += 1;
+            Err::<(), _>(failure(true))
+        });
+        assert!(matches!(failed, Err(RestoreError::Stalled { .. })));
+        assert!(attempts > 1, "tried once only");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }
