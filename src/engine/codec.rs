@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 
 use super::event::{Item, OrderEvent};
-use super::graph::{EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph};
+use super::graph::{EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph, TypeNumbers};
 
 /// The format this code writes.
 pub const FORMAT: u8 = 1;
@@ -213,6 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         sequence,
         duplicates,
         encoded_events: KeptEncoding::new(encoded_events),
+        type_numbers: TypeNumbers::default(),
     })
 }
 

@@ -21,8 +21,9 @@ pub(crate) struct Evaluation {
     spans: Vec<(u32, u32)>,
     /// The indices of the events evidencing each milestone, ascending within a milestone.
     indices: Vec<u32>,
-    /// Per event: its type number.
-    types: Vec<Option<TypeId>>,
+    /// Per evidence rule (see [`Rules::rules_of_type`]): the events, ascending, of a type
+    /// it names; only these can evidence under it.
+    candidates: Vec<Vec<u32>>,
     /// The evidence of an inferred milestone, built by [`Evaluation::inferred_evidence`].
     behind: Vec<u32>,
 }
@@ -62,28 +63,44 @@ impl Evaluation {
     }
 }
 
-/// Evaluates the rules over `events` into `eval`, overwriting what it held.
-pub(crate) fn evaluate(rules: &Rules, events: &[OrderEvent], eval: &mut Evaluation) {
+/// Evaluates the rules over `events`, whose type numbers are `types`, into `eval`,
+/// overwriting what it held.
+pub(crate) fn evaluate(
+    rules: &Rules,
+    events: &[OrderEvent],
+    types: &[Option<TypeId>],
+    eval: &mut Evaluation,
+) {
     let milestones = rules.milestones();
     let Evaluation {
         evidenced,
         reached,
         spans,
         indices,
-        types,
+        candidates,
         ..
     } = eval;
     *evidenced = MilestoneSet::default();
     spans.clear();
     indices.clear();
-    types.clear();
-    types.extend(events.iter().map(|e| rules.type_id(&e.event_type)));
+    // One pass over the events puts each with the rules its type can evidence under, so
+    // that a rule looks only at those, not at every event.
+    let rule_count = milestones.iter().map(|m| m.evidence.len()).sum();
+    candidates.resize_with(rule_count, Vec::new);
+    candidates.iter_mut().for_each(Vec::clear);
+    for (i, type_id) in types.iter().enumerate() {
+        for &place in type_id.map_or(&[][..], |t| rules.rules_of_type(t)) {
+            candidates[place as usize].push(i as u32);
+        }
+    }
     let mut resolved: Option<bool> = None; // computed at most once, only if a rule asks
+    let mut place = 0;
     for (id, milestone) in milestones.iter().enumerate() {
         let first = indices.len();
         for rule in &milestone.evidence {
             let start = indices.len();
-            indices.extend(matching(rule, events, types));
+            indices.extend(matching(rule, &candidates[place], events, types));
+            place += 1;
             let enough = indices.len() - start >= rule.at_least;
             let holds = enough
                 && (!rule.all_items_resolved
@@ -127,27 +144,26 @@ fn dedup_sorted(values: &mut [u32]) -> usize {
     kept
 }
 
-/// Indices of the events that can evidence under the rule, each on its own; `types` holds
-/// the events' type numbers.
+/// Indices of the events that can evidence under the rule, each on its own, among
+/// `candidates` (the events of a type the rule names); `types` holds the events' type
+/// numbers.
 fn matching<'a>(
     rule: &'a EvidenceRule,
+    candidates: &'a [u32],
     events: &'a [OrderEvent],
     types: &'a [Option<TypeId>],
 ) -> impl Iterator<Item = u32> + 'a {
-    events
-        .iter()
-        .zip(types)
-        .enumerate()
-        .filter_map(move |(i, (event, &type_id))| {
-            let after_ok = match rule.after_id() {
-                None => true,
-                Some(before) => events
-                    .iter()
-                    .zip(types)
-                    .any(|(b, &t)| t == Some(before) && b.occurred_at < event.occurred_at),
-            };
-            (after_ok && rule.matches(type_id, event)).then_some(i as u32)
-        })
+    candidates.iter().copied().filter(move |&i| {
+        let event = &events[i as usize];
+        let after_ok = match rule.after_id() {
+            None => true,
+            Some(before) => events
+                .iter()
+                .zip(types)
+                .any(|(b, &t)| t == Some(before) && b.occurred_at < event.occurred_at),
+        };
+        after_ok && rule.conditions_hold(event)
+    })
 }
 
 /// Every ordered item is picked, shorted or substituted in full. False for a placeholder:

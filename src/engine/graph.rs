@@ -9,6 +9,7 @@
 use compact_str::CompactString;
 
 use super::event::OrderEvent;
+use super::rules::{Rules, TypeId};
 
 /// The state of one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct OrderGraph {
     /// writes only the events added since. Events are append-only, so it stays a valid
     /// prefix.
     pub(crate) encoded_events: KeptEncoding,
+    /// The events' type numbers under the rules last applied, so that an event's type is
+    /// looked up once, not at every evaluation of its order.
+    pub(crate) type_numbers: TypeNumbers,
 }
 
 /// The stored bytes of a graph's first `count` events, and the string table they define.
@@ -61,6 +65,38 @@ impl PartialEq for KeptEncoding {
 
 impl Eq for KeptEncoding {}
 
+/// Per event of a graph, its type number under one set of rules ([`Rules::type_id`]). A
+/// cache, not part of the graph's value: two graphs are equal whatever they keep here.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TypeNumbers {
+    /// The [`Rules::id`] the numbers are of; 0, which no rules have, for none.
+    rules: u64,
+    numbers: Vec<Option<TypeId>>,
+}
+
+impl TypeNumbers {
+    /// The type numbers of `events` (this graph's, append-only) under `rules`, looking up
+    /// only the events added since the last call with the same rules.
+    pub fn of(&mut self, rules: &Rules, events: &[OrderEvent]) -> &[Option<TypeId>] {
+        if self.rules != rules.id() || self.numbers.len() > events.len() {
+            self.rules = rules.id();
+            self.numbers.clear();
+        }
+        let known = self.numbers.len();
+        self.numbers
+            .extend(events[known..].iter().map(|e| rules.type_id(&e.event_type)));
+        &self.numbers
+    }
+}
+
+impl PartialEq for TypeNumbers {
+    fn eq(&self, _: &TypeNumbers) -> bool {
+        true
+    }
+}
+
+impl Eq for TypeNumbers {}
+
 /// A reached milestone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MilestoneNode {
@@ -84,6 +120,7 @@ impl OrderGraph {
             sequence: 0,
             duplicates: 0,
             encoded_events: KeptEncoding::default(),
+            type_numbers: TypeNumbers::default(),
         }
     }
 

@@ -237,7 +237,8 @@ impl Engine {
     }
 
     fn settle_with(&self, graph: &mut OrderGraph, eval: &mut Evaluation) -> Settled {
-        evaluate(&self.rules, &graph.events, eval);
+        let types = graph.type_numbers.of(&self.rules, &graph.events);
+        evaluate(&self.rules, &graph.events, types, eval);
         let mut changed = Vec::new(); // (milestone id, change) in rank order
         for id in eval.reached.iter() {
             let evidenced = eval.evidenced.contains(id);
@@ -484,5 +485,73 @@ evidence = [{ event_types = ["Express"], where = { marketplace = "UK", "attribut
         assert_eq!(history, emitted);
         let sequences: Vec<u64> = history.iter().map(|c| c.sequence).collect();
         assert_eq!(sequences, (1..=graph.sequence()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_type_named_twice_in_one_rule_counts_each_event_once() {
+        let rules = r#"
+version = "twice-1"
+[items]
+ordered = "OrderCreated"
+[[milestone]]
+name = "checked"
+rank = 10
+evidence = [{ event_types = ["QualityCheck", "QualityCheck"], at_least = 2 }]
+"#;
+        let engine = Engine::new(Arc::new(Rules::parse(rules, "twice.toml").unwrap()));
+        let one = reached(&engine, vec![event("q1", "QualityCheck", 1, &[])]);
+        assert!(!has(&one, "checked"), "{one:?}");
+        let two = reached(
+            &engine,
+            vec![
+                event("q1", "QualityCheck", 1, &[]),
+                event("q2", "QualityCheck", 2, &[]),
+            ],
+        );
+        assert!(has(&two, "checked"), "{two:?}");
+    }
+
+    #[test]
+    fn a_graph_built_under_other_rules_is_evaluated_with_the_new_rules_type_numbers() {
+        // Both models name the same types, numbered in opposite orders: type numbers a graph
+        // kept from the first must not be read as the second's.
+        let model = |first: &str, second: &str| {
+            format!(
+                r#"
+version = "{first}-first"
+[items]
+ordered = "OrderCreated"
+[[milestone]]
+name = "{first}"
+rank = 10
+evidence = [{{ event_types = ["{first}"] }}]
+[[milestone]]
+name = "{second}"
+rank = 20
+evidence = [{{ event_types = ["{second}"] }}]
+"#
+            )
+        };
+        let old = Engine::new(Arc::new(
+            Rules::parse(&model("Packed", "Shipped"), "old").unwrap(),
+        ));
+        let new = Engine::new(Arc::new(
+            Rules::parse(&model("Shipped", "Packed"), "new").unwrap(),
+        ));
+        let mut graph = OrderGraph::new("A");
+        old.apply(&mut graph, event("p", "Packed", 1, &[]));
+        let changes = new.reevaluate(&mut graph);
+        assert!(changes.is_empty(), "{changes:?}");
+        new.apply(&mut graph, event("s", "Shipped", 2, &[]));
+        let view = new.view(&graph);
+        let names: Vec<&str> = view.milestones.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["Shipped", "Packed"]);
+        assert!(view.milestones.iter().all(|m| !m.inferred));
+        let evidence: Vec<usize> = graph
+            .milestones()
+            .iter()
+            .map(|m| m.evidence.len())
+            .collect();
+        assert_eq!(evidence, [1, 1]);
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
@@ -81,12 +82,18 @@ impl MilestoneSet {
 /// Compiled, checked rules. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Rules {
+    /// Different for every `Rules` compiled in this process, never 0: what a graph's cached
+    /// type numbers ([`super::graph::TypeNumbers`]) are tagged with.
+    id: u64,
     version: String,
     milestones: Vec<Milestone>,
     by_name: FxHashMap<CompactString, MilestoneId>,
     /// Every event type an evidence rule names, numbered, so that matching an event
     /// against the rules compares integers, not strings.
     type_ids: FxHashMap<CompactString, TypeId>,
+    /// Per type number: the evidence rules naming the type, each once; see
+    /// [`Rules::rules_of_type`].
+    rules_of_type: Vec<Vec<u32>>,
     any_event_implies: Option<MilestoneId>,
     items: ItemRules,
 }
@@ -187,6 +194,11 @@ impl Rules {
         compile(raw).map_err(|Refusal { span, reason }| invalid(Some(span), reason))
     }
 
+    /// See the field: a number of these rules, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The version of these rules; it lands in every output record.
     pub fn version(&self) -> &str {
         &self.version
@@ -195,6 +207,15 @@ impl Rules {
     /// The milestones, in rank order.
     pub fn milestones(&self) -> &[Milestone] {
         &self.milestones
+    }
+
+    /// The evidence rules that name the event type numbered `type_id`, each by its place
+    /// among all rules: milestone after milestone (rank order), a milestone's rules in the
+    /// order written.
+    pub fn rules_of_type(&self, type_id: TypeId) -> &[u32] {
+        self.rules_of_type
+            .get(type_id as usize)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The number of an event type some evidence rule names; `None` for any other type.
@@ -312,15 +333,13 @@ impl Field {
 }
 
 impl EvidenceRule {
-    /// Whether this one event, of type number `type_id` ([`Rules::type_id`]), can count
-    /// as evidence under this rule on its own (the order-wide conditions are checked by the
-    /// engine).
-    pub fn matches(&self, type_id: Option<TypeId>, event: &OrderEvent) -> bool {
-        type_id.is_some_and(|id| self.type_ids.contains(&id))
-            && self
-                .conditions
-                .iter()
-                .all(|(field, value)| field.value(event) == Some(value.as_str()))
+    /// Whether the event has the field values the rule asks for, whatever its type: with a
+    /// type the rule names ([`Rules::rules_of_type`]), it can count as evidence under this
+    /// rule on its own (the order-wide conditions are checked by the engine).
+    pub fn conditions_hold(&self, event: &OrderEvent) -> bool {
+        self.conditions
+            .iter()
+            .all(|(field, value)| field.value(event) == Some(value.as_str()))
     }
 
     /// The type number of [`EvidenceRule::after`].
@@ -553,6 +572,15 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         rule.type_ids = rule.event_types.iter().map(&mut number).collect();
         rule.after_id = rule.after.as_ref().map(&mut number);
     }
+    let mut rules_of_type: Vec<Vec<u32>> = vec![Vec::new(); type_ids.len()];
+    for (place, rule) in milestones.iter().flat_map(|m| &m.evidence).enumerate() {
+        for &type_id in &rule.type_ids {
+            let rules = &mut rules_of_type[type_id as usize];
+            if rules.last() != Some(&(place as u32)) {
+                rules.push(place as u32);
+            }
+        }
+    }
 
     let any_event_implies = raw
         .order
@@ -567,11 +595,14 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         shorted: event_types(&items.shorted)?,
         substituted: event_types(&items.substituted)?,
     };
+    static COMPILED: AtomicU64 = AtomicU64::new(0);
     Ok(Rules {
+        id: COMPILED.fetch_add(1, Ordering::Relaxed) + 1,
         version: raw.version.into_inner(),
         milestones,
         by_name,
         type_ids,
+        rules_of_type,
         any_event_implies,
         items,
     })
