@@ -84,6 +84,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: passthrough BOOTSTRAP INPUT OUTPUT GROUP COUNT".into());
     };
     let count: u64 = count.parse()?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("{group}-passthrough"))
+        .set("enable.idempotence", "true")
+        .create()?;
     let consumer: BaseConsumer<Assigned> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -94,13 +99,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The service's consumer default (src/kafka.rs): no 1 s fetch backoff after a burst.
         .set("fetch.queue.backoff.ms", "10")
         .create_with_context(Assigned::default())?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", format!("{group}-passthrough"))
-        .set("enable.idempotence", "true")
-        .create()?;
-    producer.init_transactions(TIMEOUT)?;
+    // As the service starts (src/processor/mod.rs): the producer first, the group join
+    // going on while `init_transactions` waits.
     consumer.subscribe(&[input.as_str()])?;
+    producer.init_transactions(TIMEOUT)?;
 
     let fetch = FetchQueue::new(&consumer);
     let mut batch = Batch::default();

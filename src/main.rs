@@ -378,6 +378,16 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
             axum::Router::new(),
         ))
         .context("http")?;
+    // The processor next, while the order API is set up here: its HTTP client's TLS set-up
+    // alone (the system's root certificates) takes tens of milliseconds.
+    let processor = {
+        let (config, engine, telemetry) = (config.clone(), engine.clone(), telemetry.clone());
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("processor".into())
+            .spawn(move || processor::run(&config, engine, handle, &shutdown, &telemetry))
+            .context("starting the processor thread")?
+    };
     let url = advertised_url(&config, server.local_addr());
     let directory = Arc::new(api::Directory::new(&config.application.instance_id, &url));
     let orders = api::OrderApi::new(
@@ -412,11 +422,6 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
         })
     };
 
-    let handle = runtime.handle().clone();
-    let processor = std::thread::Builder::new()
-        .name("processor".into())
-        .spawn(move || processor::run(&config, engine, handle, &shutdown, &telemetry))
-        .context("starting the processor thread")?;
     let result = processor.join();
     let _ = stop_directory.send(());
     match runtime.block_on(directory_task) {

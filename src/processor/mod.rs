@@ -120,14 +120,32 @@ pub fn run(
     shutdown: &AtomicBool,
     telemetry: &Telemetry,
 ) -> Result<(), ProcessorError> {
+    // The registry client is built beside the topics check: its HTTP client's TLS set-up
+    // (the system's root certificates, whether or not the URL is https) takes ~90 ms of
+    // CPU, the check mostly waits for the broker.
+    let t = &config.topics;
+    let avro = t.input_format == Format::Avro || t.output_format == Format::Avro;
+    let registry_config = config.schema_registry.clone();
+    let registry = std::thread::Builder::new()
+        .name("registry-client".into())
+        .spawn(move || {
+            avro.then(|| RegistryClient::new(&registry_config))
+                .transpose()
+        })
+        .map_err(|e| ProcessorError::Internal(format!("starting a thread: {e}")))?;
     let existing = topics::existing_partitions(config)?;
     let partitions = topics::check(config, &existing)?;
     telemetry.orders.set_partition_count(partitions);
     let state_dir = StateDir::open(&config.state, &config.application.id)?;
+    let registry = registry
+        .join()
+        .map_err(|_| ProcessorError::Internal("building the registry client panicked".into()))??;
     let threads = config.processing.threads.max(1);
     if threads == 1 {
         let stopped = || shutdown.load(Ordering::Relaxed);
-        return member(config, engine, runtime, &stopped, telemetry, &state_dir);
+        return member(
+            config, registry, engine, runtime, &stopped, telemetry, &state_dir,
+        );
     }
     // Each member has an instance id of its own: its transactional id and client id.
     let members: Vec<Config> = (0..threads)
@@ -147,13 +165,20 @@ pub fn run(
             .iter()
             .enumerate()
             .map(|(k, member_config)| {
-                let (engine, runtime, state_dir, stop, stopped) =
-                    (engine.clone(), runtime.clone(), &state_dir, &stop, &stopped);
+                let (registry, engine, runtime, state_dir, stop, stopped) = (
+                    registry.clone(),
+                    engine.clone(),
+                    runtime.clone(),
+                    &state_dir,
+                    &stop,
+                    &stopped,
+                );
                 std::thread::Builder::new()
                     .name(format!("processor-{k}"))
                     .spawn_scoped(scope, move || {
                         let result = member(
                             member_config,
+                            registry,
                             engine,
                             runtime,
                             stopped,
@@ -195,6 +220,7 @@ pub fn run(
 /// `shutdown` is set.
 fn member(
     config: &Config,
+    registry: Option<RegistryClient>,
     engine: Engine,
     runtime: tokio::runtime::Handle,
     stopped: &(dyn Fn() -> bool + Sync),
@@ -202,25 +228,23 @@ fn member(
     state_dir: &StateDir,
 ) -> Result<(), ProcessorError> {
     let t = &config.topics;
-    let avro = t.input_format == Format::Avro || t.output_format == Format::Avro;
-    let registry = avro
-        .then(|| RegistryClient::new(&config.schema_registry))
-        .transpose()?;
-    let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
-    let changes =
-        RecordEncoder::for_changes(t.output_format, &t.changes, registry.as_ref(), &runtime)?;
-    let views = RecordEncoder::for_views(t.output_format, &t.status, registry.as_ref(), &runtime)?;
-
     let outputs = Outputs {
         changes: t.changes.clone(),
         status: t.status.clone(),
         changelog: config.changelog_topic(),
         dead_letters: config.dead_letter_topic(),
     };
+    // The producer first, so that its broker connections come up while the schemas are
+    // looked up: `init_transactions` on a producer with no connection up yet finds no
+    // broker to ask for its coordinator and waits librdkafka's 500 ms retry timer (seen in
+    // one start of three).
     let producer: BaseProducer<Deliveries> = client_config(config, Role::TransactionalProducer)
         .create_with_context(Deliveries::new(outputs.changelog.clone()))?;
-    // Fences any earlier incarnation of this instance and aborts its open transaction.
-    producer.init_transactions(TXN_TIMEOUT)?;
+    let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
+    let changes =
+        RecordEncoder::for_changes(t.output_format, &t.changes, registry.as_ref(), &runtime)?;
+    let views = RecordEncoder::for_views(t.output_format, &t.status, registry.as_ref(), &runtime)?;
+
     let settings = Settings {
         inputs: t.inputs.clone(),
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
@@ -254,7 +278,11 @@ fn member(
             metrics: telemetry.metrics.clone(),
             follower: follower.clone(),
         })?;
+    // Subscribed before the producer's `init_transactions`, so that the group join goes on
+    // meanwhile. The assignment waits for the first poll, below, and so for the fencing.
     consumer.subscribe(&[t.inputs[0].as_str()])?;
+    // Fences any earlier incarnation of this instance and aborts its open transaction.
+    lock(&core).producer.init_transactions(TXN_TIMEOUT)?;
     let changelog = config.changelog_topic();
     let restorer = Restorer::new(
         &client_config(config, Role::AssignedConsumer),
