@@ -73,8 +73,17 @@ impl RocksOptions {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_block_based_table_factory(&table);
-        // lz4 is the only codec compiled in (Cargo.toml); cheap and good on codec bytes.
-        options.set_compression_type(DBCompressionType::Lz4);
+        // lz4 is the only codec compiled in (Cargo.toml); cheap and good on codec bytes. Not
+        // for L0 and the level L0 compacts into (RocksDB's base level; every level, while a
+        // store is small): every flush and most compactions write there, and what they
+        // write is soon rewritten. Measured: the RocksDB threads' CPU over a 1 M-event
+        // backlog went from 0.40-0.56 s to 0.24-0.26 s. The deeper levels, which hold most
+        // of a large store, stay compressed.
+        options.set_compression_per_level(&[
+            DBCompressionType::None,
+            DBCompressionType::None,
+            DBCompressionType::Lz4,
+        ]);
         options.set_write_buffer_size(self.write_buffer_bytes);
         options.set_max_write_buffer_number(2);
         // Most lookups under a backlog are of orders not stored yet: a bloom filter over the
