@@ -11,8 +11,10 @@
 //! `io_floor BOOTSTRAP INPUT GROUP COUNT FROM TO`, where FROM and TO are comma-separated
 //! lists of as many topics (the service's outputs of a finished round; empty topics with the
 //! same configuration): exits after COUNT input records are committed and prints
-//! `records seconds outputs` on standard output, seconds from its start (after the outputs
-//! were loaded). Used by `deploy/local/bench-pipeline` with `FLOOR=1`.
+//! `records seconds outputs cpu` on standard output: seconds from its start (after the
+//! outputs were loaded), and the whole machine's busy CPU time over those seconds in
+//! core-seconds (the broker's included). Used by `deploy/local/bench-pipeline` with
+//! `FLOOR=1`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -86,6 +88,23 @@ fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<Output>, Box<dyn std::
     Ok(records)
 }
 
+/// The whole machine's busy CPU time so far, in core-seconds: the first line of
+/// `/proc/stat` (user, nice, system, irq, softirq and steal, in 1/100 s).
+fn machine_busy() -> Result<f64, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<u64>();
+    Ok(busy as f64 / 100.0)
+}
+
 struct Forwarder<'a> {
     producer: &'a BaseProducer,
     /// Per output topic: its name and the records to write to it.
@@ -151,6 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // From here as the service is timed: clients, producer id and group join count.
     let started = Instant::now();
+    let busy_at_start = machine_busy()?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", format!("{group}-io-floor"))
@@ -225,9 +245,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!(
-        "{committed} {:.3} {}",
+        "{committed} {:.3} {} {:.2}",
         started.elapsed().as_secs_f64(),
-        forwarder.produced
+        forwarder.produced,
+        machine_busy()? - busy_at_start
     );
     Ok(())
 }
