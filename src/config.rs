@@ -134,9 +134,25 @@ pub struct ProcessingConfig {
     /// Processing threads of this instance, each a member of the consumer group with its own
     /// partitions, transactions and transactional id (`<application.id>-<instance_id>`, then
     /// `...-1`, `...-2`): partitions are processed in parallel. Keep it the same across
-    /// restarts, so that a restarted thread fences its predecessor. Default 1.
+    /// restarts, so that a restarted thread fences its predecessor. Default 1: `workers`
+    /// gives the parallelism at less cost.
     #[serde(default = "default_threads")]
     pub threads: u16,
+    /// Worker threads of each member: its partitions are spread over this many shards,
+    /// processed in parallel inside the member's one transaction, with one consumer and one
+    /// producer. 0, the default, is one per CPU core the process may use.
+    #[serde(default)]
+    pub workers: u16,
+}
+
+impl ProcessingConfig {
+    /// `workers`, with 0 resolved to the CPU cores available.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::from(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +248,7 @@ impl Default for ProcessingConfig {
             transaction_timeout_ms: default_transaction_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             threads: default_threads(),
+            workers: 0,
         }
     }
 }

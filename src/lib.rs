@@ -16,8 +16,8 @@
 //! - `emit`: change records and order views encoded as record values (JSON, or Avro under
 //!   our schemas registered at startup).
 //! - `processor`: the stream processor: consumer group, per-partition tasks restored from
-//!   the changelog, one transaction per commit interval holding outputs, state changelog
-//!   and consumed offsets.
+//!   the changelog and spread over shards processed in parallel (`processing.workers`), one
+//!   transaction per commit interval holding outputs, state changelog and consumed offsets.
 //! - `config`: layered configuration (defaults, file, `MILESTONES__` environment) and the
 //!   topic topology of `topology/topics.toml`.
 //! - `kafka`: librdkafka client configurations, one builder for every role.

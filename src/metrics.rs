@@ -13,7 +13,7 @@
 //! | [`milestone_reached`](Metrics::milestone_reached) | `milestones_reached_total{milestone, inferred}`, `milestones_placeholders_inferred_total` |
 //! | [`placeholder_confirmed`](Metrics::placeholder_confirmed) | `milestones_placeholders_confirmed_total` |
 //! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log) |
-//! | [`transaction_committed`](Metrics::transaction_committed) | `milestones_transaction_commit_seconds`, `milestones_transactions_total{outcome="committed"}` |
+//! | [`transaction_committed`](Metrics::transaction_committed) | `milestones_transaction_commit_seconds`, `milestones_transactions_total{outcome="committed"}`, `milestones_last_commit_timestamp_seconds` |
 //! | [`transaction_aborted`](Metrics::transaction_aborted) | `milestones_transactions_total{outcome="aborted"}` (and a `warn` log) |
 //! | [`event_committed`](Metrics::event_committed) | `milestones_occurred_to_commit_seconds`, `milestones_record_to_commit_seconds` |
 //! | [`restore_progress`](Metrics::restore_progress) | `milestones_restore_records_applied{partition}`, `milestones_restore_records_remaining{partition}` |
@@ -38,8 +38,8 @@ use std::time::Duration;
 use compact_str::CompactString;
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rustc_hash::FxHashMap;
 
@@ -55,6 +55,7 @@ pub const MILESTONES_REACHED: &str = "milestones_reached_total";
 pub const DEAD_LETTERS: &str = "milestones_dead_letters_total";
 pub const ORDERS_EXPIRED: &str = "milestones_orders_expired_total";
 pub const TRANSACTION_COMMIT_SECONDS: &str = "milestones_transaction_commit_seconds";
+pub const LAST_COMMIT_TIMESTAMP_SECONDS: &str = "milestones_last_commit_timestamp_seconds";
 pub const TRANSACTIONS: &str = "milestones_transactions_total";
 pub const OCCURRED_TO_COMMIT_SECONDS: &str = "milestones_occurred_to_commit_seconds";
 pub const RECORD_TO_COMMIT_SECONDS: &str = "milestones_record_to_commit_seconds";
@@ -127,6 +128,7 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     orders_expired: IntCounter,
     transaction_commit_seconds: Histogram,
+    last_commit_timestamp_seconds: Gauge,
     transactions: IntCounterVec,
     occurred_to_commit_seconds: Histogram,
     record_to_commit_seconds: Histogram,
@@ -229,6 +231,14 @@ impl Metrics {
                         "Time to commit a transaction (offsets and outputs), in seconds.",
                     )
                     .buckets(COMMIT_BUCKETS.to_vec()),
+                )?,
+            )?,
+            last_commit_timestamp_seconds: register(
+                r,
+                Gauge::new(
+                    LAST_COMMIT_TIMESTAMP_SECONDS,
+                    "When the last transaction committed, in seconds since the Unix epoch \
+                     (millisecond precision); 0 before the first.",
                 )?,
             )?,
             transactions: register(
@@ -476,10 +486,13 @@ impl Metrics {
         self.orders_expired.inc_by(count as u64);
     }
 
-    /// A transaction committed; `commit_time` is how long the commit call took.
-    pub fn transaction_committed(&self, commit_time: Duration) {
+    /// A transaction committed at `committed_at_ms` (epoch milliseconds); `commit_time` is
+    /// how long the commit call took.
+    pub fn transaction_committed(&self, commit_time: Duration, committed_at_ms: i64) {
         self.transaction_commit_seconds
             .observe(commit_time.as_secs_f64());
+        self.last_commit_timestamp_seconds
+            .set(committed_at_ms as f64 / 1000.0);
         self.transactions
             .with_label_values(&[OUTCOME_COMMITTED])
             .inc();
@@ -670,16 +683,30 @@ fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The labelled counters one processing thread increments per event, each looked up in
-/// [`Metrics`] once: `with_label_values` hashes the labels and takes a lock, and the event
-/// type guard takes another, on every call. Counts exactly as [`Metrics::event_in`] and
-/// [`Metrics::milestone_reached`] do.
+/// The counters one shard of the processor counts per event, each labelled counter looked
+/// up in [`Metrics`] once (`with_label_values` hashes the labels and takes a lock, and the
+/// event type guard takes another, on every call). Counted here and added to the metrics at
+/// each [`LocalCounters::flush`] (the processor flushes at every commit and abort): shards
+/// count at once on several threads, and a shared atomic counter incremented per event
+/// would have the cores pass its memory back and forth. Counts exactly as
+/// [`Metrics::event_in`], [`Metrics::milestone_reached`], [`Metrics::duplicate_event`],
+/// [`Metrics::out_of_order_event`] and [`Metrics::placeholder_confirmed`] do.
 #[derive(Default)]
 pub struct LocalCounters {
     /// Per input topic (its index among the inputs), per event type.
-    events_in: Vec<FxHashMap<CompactString, IntCounter>>,
+    events_in: Vec<FxHashMap<CompactString, Pending>>,
     /// Per inferred (`[false, true]`), per milestone.
-    reached: [FxHashMap<CompactString, IntCounter>; 2],
+    reached: [FxHashMap<CompactString, Pending>; 2],
+    duplicates: u64,
+    out_of_order: u64,
+    placeholders_inferred: u64,
+    placeholders_confirmed: u64,
+}
+
+/// A counter and what is not added to it yet.
+struct Pending {
+    counter: IntCounter,
+    count: u64,
 }
 
 impl LocalCounters {
@@ -691,37 +718,78 @@ impl LocalCounters {
         if self.events_in.len() <= input {
             self.events_in.resize_with(input + 1, FxHashMap::default);
         }
-        inc_kept(&mut self.events_in[input], event_type, || {
+        count_kept(&mut self.events_in[input], event_type, || {
             metrics.event_in_counter(topic, event_type)
         });
     }
 
     /// [`Metrics::milestone_reached`].
     pub fn milestone_reached(&mut self, metrics: &Metrics, milestone: &str, inferred: bool) {
-        inc_kept(&mut self.reached[usize::from(inferred)], milestone, || {
+        count_kept(&mut self.reached[usize::from(inferred)], milestone, || {
             metrics.milestone_reached_counter(milestone, inferred)
         });
-        if inferred {
-            metrics.placeholders_inferred.inc();
+        self.placeholders_inferred += u64::from(inferred);
+    }
+
+    /// [`Metrics::duplicate_event`].
+    pub fn duplicate_event(&mut self) {
+        self.duplicates += 1;
+    }
+
+    /// [`Metrics::out_of_order_event`].
+    pub fn out_of_order_event(&mut self) {
+        self.out_of_order += 1;
+    }
+
+    /// [`Metrics::placeholder_confirmed`].
+    pub fn placeholder_confirmed(&mut self) {
+        self.placeholders_confirmed += 1;
+    }
+
+    /// Adds what was counted since the last flush to the metrics.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        for kept in self.events_in.iter_mut().chain(self.reached.iter_mut()) {
+            for pending in kept.values_mut() {
+                if pending.count > 0 {
+                    pending.counter.inc_by(std::mem::take(&mut pending.count));
+                }
+            }
+        }
+        for (counter, count) in [
+            (&metrics.duplicate_events, &mut self.duplicates),
+            (&metrics.out_of_order_events, &mut self.out_of_order),
+            (
+                &metrics.placeholders_inferred,
+                &mut self.placeholders_inferred,
+            ),
+            (
+                &metrics.placeholders_confirmed,
+                &mut self.placeholders_confirmed,
+            ),
+        ] {
+            if *count > 0 {
+                counter.inc_by(std::mem::take(count));
+            }
         }
     }
 }
 
-/// Increments the counter `kept` holds for `label`, looking it up with `counter` (and
-/// keeping it, while there is room) the first time.
-fn inc_kept(
-    kept: &mut FxHashMap<CompactString, IntCounter>,
+/// Counts one for `label` in `kept`, looking its counter up with `counter` the first time
+/// (and keeping it, while there is room; past that, the counter is incremented at once).
+fn count_kept(
+    kept: &mut FxHashMap<CompactString, Pending>,
     label: &str,
     counter: impl FnOnce() -> IntCounter,
 ) {
-    if let Some(counter) = kept.get(label) {
-        counter.inc();
+    if let Some(pending) = kept.get_mut(label) {
+        pending.count += 1;
         return;
     }
     let counter = counter();
-    counter.inc();
     if kept.len() < LocalCounters::MAX_KEPT {
-        kept.insert(label.into(), counter);
+        kept.insert(label.into(), Pending { counter, count: 1 });
+    } else {
+        counter.inc();
     }
 }
 
@@ -770,7 +838,7 @@ mod tests {
         let missing = DecodeError::MissingValue;
         m.dead_letter("order-events", 3, 42, missing.class(), &missing);
         m.orders_expired(2);
-        m.transaction_committed(Duration::from_millis(7));
+        m.transaction_committed(Duration::from_millis(7), 1_796_550_000_123);
         m.transaction_aborted(&"fenced");
         m.events_committed(&[(1_000, Some(1_500))], 2_000);
         m.consumer_lag("order-events", 3, 17);
@@ -792,6 +860,7 @@ mod tests {
             r#"milestones_transaction_commit_seconds_bucket{le="0.005"} 0"#,
             r#"milestones_transaction_commit_seconds_bucket{le="0.01"} 1"#,
             "milestones_transaction_commit_seconds_count 1",
+            "milestones_last_commit_timestamp_seconds 1796550000.123",
             "milestones_occurred_to_commit_seconds_sum 1",
             "milestones_record_to_commit_seconds_sum 0.5",
             r#"milestones_occurred_to_commit_seconds_bucket{le="3600"} 1"#,
@@ -815,15 +884,34 @@ mod tests {
         local.milestone_reached(&m, "ordered", true);
         local.milestone_reached(&m, "ordered", true);
         local.milestone_reached(&m, "ordered", false);
+        local.duplicate_event();
+        local.out_of_order_event();
+        local.placeholder_confirmed();
+        assert!(
+            has(&m, "milestones_placeholders_inferred_total 0"),
+            "counted before the flush"
+        );
+        local.flush(&m);
         for line in [
             r#"milestones_events_in_total{event_type="OrderCreated",topic="order-events"} 4"#,
             r#"milestones_events_in_total{event_type="OrderCreated",topic="other-events"} 1"#,
             r#"milestones_reached_total{inferred="true",milestone="ordered"} 2"#,
             r#"milestones_reached_total{inferred="false",milestone="ordered"} 1"#,
             "milestones_placeholders_inferred_total 2",
+            "milestones_placeholders_confirmed_total 1",
+            "milestones_duplicate_events_total 1",
+            "milestones_out_of_order_events_total 1",
         ] {
             assert!(has(&m, line), "missing {line:?} in\n{}", m.encode_text());
         }
+        // A flush adds only what came since the last one.
+        local.event_in(&m, 0, "order-events", "OrderCreated");
+        local.flush(&m);
+        local.flush(&m);
+        assert!(has(
+            &m,
+            r#"milestones_events_in_total{event_type="OrderCreated",topic="order-events"} 5"#
+        ));
     }
 
     #[test]

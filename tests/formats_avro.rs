@@ -282,6 +282,62 @@ fn a_writer_with_an_extra_optional_field_is_read() {
     );
 }
 
+/// The decoder reads records of our own schema without a lock once it knows the id; records
+/// of another writer, in between, are still resolved with theirs.
+#[test]
+fn one_decoder_reads_our_schema_and_another_writers_interleaved() {
+    let (runtime, registry) = setup();
+    let topic = common::unique_topic("formats_interleaved");
+    let (value, expected) = full_event("order-1");
+    let ours = encode_with(
+        &runtime,
+        &topic,
+        ORDER_EVENT_SCHEMA,
+        Value::Record(value.clone()),
+    );
+    let older_schema = schema_without(ORDER_EVENT_SCHEMA, &["marketplace", "attributes"]);
+    let mut older_value = value;
+    older_value.retain(|(name, _)| name != "marketplace" && name != "attributes");
+    let older_topic = common::unique_topic("formats_interleaved_older");
+    let older = encode_with(
+        &runtime,
+        &older_topic,
+        &older_schema,
+        Value::Record(older_value),
+    );
+    let older_expected = OrderEvent {
+        marketplace: "US".into(),
+        attributes: Default::default(),
+        ..expected.clone()
+    };
+    let decoder = decoder(&runtime, &registry);
+    for (payload, want) in [
+        (&ours, &expected),
+        (&older, &older_expected),
+        (&ours, &expected),
+        (&older, &older_expected),
+    ] {
+        let decoded = decoder
+            .decode(Some(b"order-1"), Some(payload))
+            .unwrap_or_else(|e| panic!("{} {e}", e.class()));
+        assert_eq!(&decoded, want);
+    }
+    let id = |payload: &Vec<u8>| schema_id(&Some(payload.clone()));
+    assert_ne!(id(&ours), id(&older));
+    assert_eq!(decoder.schema_route(id(&ours)), Some("direct"));
+    assert_eq!(decoder.schema_route(id(&older)), Some("resolved"));
+    // A truncated record of our schema is still undecodable, with the schema id named.
+    let cut = &ours[..ours.len() - 3];
+    let error = decoder.decode(Some(b"order-1"), Some(cut)).unwrap_err();
+    assert_eq!(error.class(), "undecodable");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("schema id {}", id(&ours))),
+        "{error}"
+    );
+}
+
 #[test]
 fn an_older_writer_without_marketplace_and_attributes_gets_the_defaults() {
     let (runtime, registry) = setup();

@@ -17,13 +17,14 @@ use order_milestones::generate::{GenerateConfig, Generator};
 use order_milestones::{processor, topics};
 use serde_json::Value;
 
-/// Runs the processor (with `threads` processing threads) over `events` and compares its
-/// outputs with simulate's.
-fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16) {
+/// Runs the processor (with `threads` processing threads, each with `workers` shards) over
+/// `events` and compares its outputs with simulate's.
+fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, workers: u16) {
     common::require_kafka();
     let state = tempfile::tempdir().expect("state dir");
     let mut config = test_config(test, state.path());
     config.processing.threads = threads;
+    config.processing.workers = workers;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(topics::apply(&config)).expect("topics");
     produce(&config, &events);
@@ -124,7 +125,8 @@ fn worked_scenarios_through_kafka_equal_simulate() {
             events.push(event);
         }
     }
-    processes_like_simulate("scenarios", events, 1);
+    // One shard: the processing thread alone, no worker thread.
+    processes_like_simulate("scenarios", events, 1, 1);
 }
 
 #[test]
@@ -136,11 +138,13 @@ fn thousands_of_generated_orders_through_kafka_equal_simulate() {
     })
     .collect();
     assert!(events.len() > 15_000);
-    processes_like_simulate("generated", events, 1);
+    // Four shards over the topic's three partitions (one shard holds none), on more worker
+    // threads than this machine may have cores: the same answer whatever the split.
+    processes_like_simulate("generated", events, 1, 4);
 }
 
 /// Two processing threads, each a member of the group with its own partitions and
-/// transactions, sharing one state directory: the same answer.
+/// transactions (and two shards each), sharing one state directory: the same answer.
 #[test]
 fn two_processing_threads_equal_simulate() {
     let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
@@ -149,5 +153,5 @@ fn two_processing_threads_equal_simulate() {
         ..GenerateConfig::default()
     })
     .collect();
-    processes_like_simulate("threads", events, 2);
+    processes_like_simulate("threads", events, 2, 2);
 }

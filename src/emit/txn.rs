@@ -2,6 +2,7 @@
 //! `BaseProducer` whose delivery reports the calling thread serves itself:
 //!
 //! - [`send`] waits for room when librdkafka's queue is full instead of failing;
+//!   [`send_to`] does the same for the hot path, through a [`Topic`] looked up once;
 //! - [`flush`] serves delivery reports in short polls until nothing is in flight;
 //! - [`abort`] serves the delivery reports of the records in flight between resumable
 //!   calls of `abort_transaction`, which waits for those reports while nobody else polls;
@@ -10,8 +11,15 @@
 //! Errors are returned as librdkafka classifies them (`RDKafkaError::txn_requires_abort`,
 //! `is_fatal`); the caller decides between aborting and stopping.
 
+use std::ffi::CString;
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
+use rdkafka::bindings::rd_kafka_vtype_t::{
+    RD_KAFKA_VTYPE_END, RD_KAFKA_VTYPE_KEY, RD_KAFKA_VTYPE_MSGFLAGS, RD_KAFKA_VTYPE_PARTITION,
+    RD_KAFKA_VTYPE_RKT, RD_KAFKA_VTYPE_VALUE,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -42,6 +50,105 @@ where
                 record = back;
             }
             Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// An output topic of one producer, looked up in librdkafka once. `BaseProducer::send`
+/// names its topic, so for every record rdkafka allocates a C string of the name and
+/// librdkafka looks the topic up under the client's lock and counts a reference to it, on
+/// memory every producing thread shares; [`send_to`] skips all of that.
+pub struct Topic {
+    rkt: NonNull<rdsys::rd_kafka_topic_t>,
+}
+
+// SAFETY: librdkafka's topic handles may be used from any thread.
+unsafe impl Send for Topic {}
+unsafe impl Sync for Topic {}
+
+impl Topic {
+    /// The handle of `name` in `producer`.
+    ///
+    /// # Safety
+    /// The handle must be dropped before `producer` is (librdkafka frees its topics with the
+    /// client): keep it in a struct that declares it before the producer.
+    pub unsafe fn new<C: ProducerContext>(
+        producer: &BaseProducer<C>,
+        name: &str,
+    ) -> Result<Topic, KafkaError> {
+        let c_name = CString::new(name)
+            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
+        // SAFETY: a live producer and a C string; a null configuration takes the defaults.
+        let rkt = unsafe {
+            rdsys::rd_kafka_topic_new(
+                producer.client().native_ptr(),
+                c_name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        NonNull::new(rkt)
+            .map(|rkt| Topic { rkt })
+            .ok_or(KafkaError::MessageProduction(
+                RDKafkaErrorCode::InvalidTopic,
+            ))
+    }
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        // SAFETY: created by `rd_kafka_topic_new`, destroyed once, before its producer (the
+        // contract of `Topic::new`).
+        unsafe { rdsys::rd_kafka_topic_destroy(self.rkt.as_ptr()) }
+    }
+}
+
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner picks the partition.
+const PARTITION_UNASSIGNED: i32 = -1;
+
+/// [`send`] for the hot path: one record to `topic` (a handle of `producer`), to
+/// `partition` or, with none, to the partition the producer's partitioner picks for `key`;
+/// no payload is a tombstone. librdkafka copies key and payload.
+///
+/// Errors: any production error other than a full queue (unknown partition, record too
+/// large).
+pub fn send_to<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &Topic,
+    partition: Option<i32>,
+    key: &[u8],
+    payload: Option<&[u8]>,
+) -> Result<(), KafkaError> {
+    let (payload_ptr, payload_len) = payload.map_or((std::ptr::null_mut(), 0), |p| {
+        (p.as_ptr().cast_mut().cast::<std::ffi::c_void>(), p.len())
+    });
+    loop {
+        // SAFETY: a live producer and a topic handle of it (the contract of `Topic::new`);
+        // key and payload are copied before the call returns (`RD_KAFKA_MSG_F_COPY`); no
+        // delivery opaque, as `DeliveryOpaque = ()` reads it.
+        let error = unsafe {
+            rdsys::rd_kafka_producev(
+                producer.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                topic.rkt.as_ptr(),
+                RD_KAFKA_VTYPE_PARTITION,
+                partition.unwrap_or(PARTITION_UNASSIGNED),
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                rdsys::RD_KAFKA_MSG_F_COPY,
+                RD_KAFKA_VTYPE_VALUE,
+                payload_ptr,
+                payload_len,
+                RD_KAFKA_VTYPE_KEY,
+                key.as_ptr().cast_mut().cast::<std::ffi::c_void>(),
+                key.len(),
+                RD_KAFKA_VTYPE_END,
+            )
+        };
+        match RDKafkaErrorCode::from(error) {
+            RDKafkaErrorCode::NoError => return Ok(()),
+            RDKafkaErrorCode::QueueFull => {
+                producer.poll(Duration::from_millis(5));
+            }
+            code => return Err(KafkaError::MessageProduction(code)),
         }
     }
 }

@@ -53,7 +53,9 @@ pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
     put_u64(out, graph.sequence);
     put_u64(out, graph.duplicates);
     put_u64(out, graph.events.len() as u64);
-    let mut table = StringTable::default();
+    let mut table = StringTable {
+        strings: Vec::with_capacity(16),
+    };
     let mut done = 0;
     if let Some(kept) = graph.encoded_events.get() {
         debug_assert!(kept.count <= graph.events.len(), "events are append-only");
@@ -283,7 +285,6 @@ pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
 
 /// The string table as encoding goes: distinct strings in first-seen order; a handful per
 /// order, so a linear search beats a map.
-#[derive(Default)]
 struct StringTable<'a> {
     strings: Vec<&'a str>,
 }

@@ -11,6 +11,11 @@ use compact_str::CompactString;
 use super::event::OrderEvent;
 use super::rules::{Rules, TypeId};
 
+/// How many events and milestones a new graph has room for: a grocery order has about ten
+/// distinct events and six milestones.
+const EXPECTED_EVENTS: usize = 12;
+const EXPECTED_MILESTONES: usize = 8;
+
 /// The state of one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderGraph {
@@ -115,8 +120,10 @@ impl OrderGraph {
     pub fn new(order_id: impl Into<CompactString>) -> OrderGraph {
         OrderGraph {
             order_id: order_id.into(),
-            events: Vec::new(),
-            milestones: Vec::new(),
+            // Room for a typical order's events and milestones: growing them one push at a
+            // time (each time copying every event) cost more than this.
+            events: Vec::with_capacity(EXPECTED_EVENTS),
+            milestones: Vec::with_capacity(EXPECTED_MILESTONES),
             sequence: 0,
             duplicates: 0,
             encoded_events: KeptEncoding::default(),

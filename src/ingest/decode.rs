@@ -2,6 +2,7 @@
 //! writer's schema looked up in the registry once per schema id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -126,7 +127,22 @@ pub struct EventDecoder {
     /// read. A std lock, not tokio's: it is never held across an await, and a registry call
     /// happens with no lock held.
     writers: RwLock<HashMap<u32, Writer>>,
+    /// The latest writer schema id found to be ours ([`NO_ID`] before any): its records are
+    /// read with no lock taken. Several threads decode at once, and even a read lock writes
+    /// to the lock's memory, which the cores then pass back and forth at every record.
+    ours: AtomicU64,
 }
+
+/// An Avro datum under writer schema `id` that cannot be read, and why.
+fn undecodable_datum(id: u32, reason: String) -> DecodeError {
+    DecodeError::Undecodable {
+        format: "avro",
+        reason: format!("schema id {id}: {reason}"),
+    }
+}
+
+/// [`EventDecoder::ours`] before any schema id is known to be ours: no `u32` id.
+const NO_ID: u64 = u64::MAX;
 
 impl EventDecoder {
     /// Errors: [`FormatError::NoRegistry`] for Avro without a registry. Makes no call.
@@ -149,6 +165,7 @@ impl EventDecoder {
             reader_canonical: reader.canonical_form(),
             reader,
             writers: RwLock::new(HashMap::new()),
+            ours: AtomicU64::new(NO_ID),
         })
     }
 
@@ -160,9 +177,17 @@ impl EventDecoder {
     /// ahead (pre-warming), or a benchmark. A later record with this id uses it as if it had
     /// been fetched.
     pub fn add_writer_schema(&self, id: u32, schema: &str) {
-        let writer = self.plan(schema);
+        self.remember(id, self.plan(schema));
+    }
+
+    /// Caches what writer schema `id` is.
+    fn remember(&self, id: u32, writer: Writer) {
+        let ours = matches!(writer, Writer::Ours);
         let mut writers = self.writers.write().unwrap_or_else(|e| e.into_inner());
         writers.insert(id, writer);
+        if ours {
+            self.ours.store(u64::from(id), Ordering::Release);
+        }
     }
 
     /// How records with writer schema `id` are read, once the id is cached: `"direct"` (the
@@ -214,13 +239,13 @@ impl EventDecoder {
             reason,
         };
         let (id, datum) = split_header(payload).map_err(undecodable)?;
+        if u64::from(id) == self.ours.load(Ordering::Acquire) {
+            return read_event(datum).map_err(|reason| undecodable_datum(id, reason));
+        }
         if let Some(result) = self.decode_known(id, datum) {
             return result;
         }
-        let writer = self.fetch(id)?;
-        let mut writers = self.writers.write().unwrap_or_else(|e| e.into_inner());
-        writers.insert(id, writer);
-        drop(writers);
+        self.remember(id, self.fetch(id)?);
         self.decode_known(id, datum)
             .unwrap_or_else(|| unreachable!("schema id {id} was just cached"))
     }
@@ -229,10 +254,7 @@ impl EventDecoder {
     /// id is due for a recheck).
     fn decode_known(&self, id: u32, datum: &[u8]) -> Option<Result<OrderEvent, DecodeError>> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
-        let undecodable = |reason| DecodeError::Undecodable {
-            format: "avro",
-            reason: format!("schema id {id}: {reason}"),
-        };
+        let undecodable = |reason| undecodable_datum(id, reason);
         Some(match writers.get(&id)? {
             Writer::Ours => read_event(datum).map_err(undecodable),
             Writer::Resolving(writer) => {

@@ -148,6 +148,10 @@ pub struct Batch<'c> {
     _consumer: PhantomData<&'c ()>,
 }
 
+// SAFETY: librdkafka's messages may be read and destroyed on any thread; a batch is used by
+// one thread at a time (it is moved or lent `&mut`), and lives no longer than its consumer.
+unsafe impl Send for Batch<'_> {}
+
 impl Default for Batch<'_> {
     fn default() -> Self {
         Batch {

@@ -4,10 +4,17 @@
 //! interval (exactly once).
 //!
 //! One thread runs [`run`]: it polls, restores newly assigned partitions, processes
-//! records in batches (a [`FetchQueue`] the restored partitions forward to) and commits.
-//! librdkafka calls the rebalance callbacks ([`rebalance`]) on the same thread from inside
-//! the group consumer's `poll`, between batches, so a revoke finds the core between two
-//! records and can commit.
+//! records in batches and commits. librdkafka calls the rebalance callbacks ([`rebalance`])
+//! on the same thread from inside the group consumer's `poll`, between batches, so a revoke
+//! finds the core between two batches and can commit.
+//!
+//! The member's partitions are spread over `processing.workers` shards ([`shard`]), each
+//! restored partition in the shard holding fewest, whose [`FetchQueue`] its records are
+//! forwarded to. Each turn takes a batch from every shard's queue and processes them at once,
+//! shard 0 on this thread and the others on worker threads; at a commit the shards produce
+//! their state and views at once too. One consumer, one producer and one transaction serve
+//! them all: parallel processing at no extra cost in group members, connections or
+//! transactions (`processing.threads`, several members in one process, costs all three).
 //!
 //! Several input topics are co-partitioned (checked at start): the group assigns the first
 //! one's partitions, and a follower consumer, outside the group, is assigned the same
@@ -17,6 +24,7 @@
 
 mod core;
 mod rebalance;
+mod shard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,8 +52,9 @@ use crate::state::changelog::{RestoreError, Restorer};
 use crate::state::{StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
-use self::core::{lock, Core, Deliveries, Inputs, Outputs, Settings, Task, TxnOutcome};
+use self::core::{lock, Core, Deliveries, Inputs};
 use self::rebalance::RebalanceContext;
+use self::shard::{OutputTopics, Outputs, Settings, Shared, Task};
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +109,8 @@ impl Telemetry {
 /// How long the loop waits for a record before it looks at the clock and the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
 
-/// At most this many records per batch from the fetch queue: a few milliseconds of work,
-/// so that rebalance events and the shutdown flag are looked at soon enough.
+/// At most this many records per turn from each shard's fetch queue: a few milliseconds of
+/// work, so that rebalance events and the shutdown flag are looked at soon enough.
 const BATCH: usize = 500;
 
 /// Runs the processor until `shutdown` is set, then commits, closes the stores and leaves
@@ -251,18 +260,26 @@ fn member(
         finished_retention_ms: i64::try_from(config.state.finished_retention_ms)
             .unwrap_or(i64::MAX),
     };
-    let core = Arc::new(Mutex::new(Core::new(
+    // SAFETY: `Shared` declares `topics` before `producer`, so drops them first.
+    let topics = unsafe { OutputTopics::new(&producer, &outputs)? };
+    let shared = Shared {
         engine,
+        topics,
         producer,
         decoder,
         changes,
         views,
         outputs,
         settings,
-        telemetry.metrics.clone(),
+        metrics: telemetry.metrics.clone(),
+        orders: telemetry.orders.clone(),
+    };
+    let workers = config.processing.workers();
+    let core = Arc::new(Mutex::new(Core::new(
+        shared,
+        workers,
         telemetry.health.clone(),
-        telemetry.orders.clone(),
-    )));
+    )?));
     // The group assigns the first input topic's partitions; the follower consumes the same
     // partitions of the others (see `processor::core::Inputs`).
     let follower: Option<Arc<BaseConsumer>> = if t.inputs.len() > 1 {
@@ -282,14 +299,14 @@ fn member(
     // meanwhile. The assignment waits for the first poll, below, and so for the fencing.
     consumer.subscribe(&[t.inputs[0].as_str()])?;
     // Fences any earlier incarnation of this instance and aborts its open transaction.
-    lock(&core).producer.init_transactions(TXN_TIMEOUT)?;
+    lock(&core).shared.producer.init_transactions(TXN_TIMEOUT)?;
     let changelog = config.changelog_topic();
     let restorer = Restorer::new(
         &client_config(config, Role::AssignedConsumer),
         &changelog,
         -1,
     )?;
-    info!(inputs = ?t.inputs, group = %config.application.id, transactional_id = %config.transactional_id(), "processing");
+    info!(inputs = ?t.inputs, group = %config.application.id, transactional_id = %config.transactional_id(), workers, "processing");
 
     let inputs = Inputs {
         group: &consumer,
@@ -305,8 +322,7 @@ fn member(
         if let Err(error) = finished {
             warn!(%error, "finishing the last transaction failed");
         }
-        let partitions: Vec<i32> = core.tasks.keys().copied().collect();
-        for partition in partitions {
+        for partition in core.partitions() {
             core.close_task(partition);
         }
     }
@@ -323,11 +339,13 @@ fn process_until(
     config: &Config,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), ProcessorError> {
-    // The group's partitions, once restored, send their records to `fetch`; the group
-    // member's own poll then serves its events (rebalance callbacks run inside it, with the
-    // core unlocked) and gives a record only in the moment before a partition is followed.
-    let fetch = FetchQueue::new(inputs.group);
-    let mut batch = Batch::default();
+    // The group's partitions, once restored, send their records to their shard's fetch
+    // queue; the group member's own poll then serves its events (rebalance callbacks run
+    // inside it, with the core unlocked) and gives a record only in the moment before a
+    // partition is followed.
+    let shards = lock(core).shard_count();
+    let fetches: Vec<FetchQueue<'_>> = (0..shards).map(|_| FetchQueue::new(inputs.group)).collect();
+    let mut batches: Vec<Batch<'_>> = (0..shards).map(|_| Batch::default()).collect();
     // With a follower, each turn waits only on the follower, and only when the others had
     // nothing.
     let fetch_wait = if inputs.follower.is_some() {
@@ -337,37 +355,21 @@ fn process_until(
     };
     while !stopped() {
         let lead = inputs.group.poll(Duration::ZERO);
-        restore_pending(inputs, core, state_dir, restorer, config, &fetch)?;
+        restore_pending(inputs, core, state_dir, restorer, config, &fetches)?;
         let mut core = lock(core);
-        // A record from a poll rather than the batch; the batch counts its own for the
-        // commit interval.
-        let mut unbatched = lead.is_some();
-        let mut polled = unbatched;
+        let mut polled = lead.is_some();
         let mut registry_down = match lead {
             Some(message) => handle(&mut core, inputs, message)?,
             None => false,
         };
         if !registry_down {
-            fetch.consume(fetch_wait, BATCH, &mut batch);
-            polled |= !batch.is_empty();
-            for index in 0..batch.len() {
-                let Some(record) = batch.get(index) else {
-                    break;
-                };
-                registry_down = handle(&mut core, inputs, record)?;
-                // After an abort the consumer was rewound: the rest of the batch comes again.
-                if registry_down
-                    || (core.commit_due(true) && core.commit(inputs)? == TxnOutcome::Aborted)
-                {
-                    break;
-                }
-            }
-            batch.clear();
+            fill(&fetches, &mut batches, fetch_wait);
+            polled |= batches.iter().any(|b| !b.is_empty());
+            registry_down = core.process_batches(inputs, &mut batches)?;
         }
         if let (false, Some(follower)) = (registry_down, inputs.follower) {
             let wait = if polled { Duration::ZERO } else { POLL };
             if let Some(message) = follower.poll(wait) {
-                unbatched = true;
                 registry_down = handle(&mut core, inputs, message)?;
             }
         }
@@ -376,11 +378,44 @@ fn process_until(
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        if core.commit_due(unbatched) {
+        if core.commit_due() {
             core.commit(inputs)?;
         }
     }
     Ok(())
+}
+
+/// How long [`fill`] waits on one shard's queue at a time when none has a record: the most
+/// a record arriving on another shard's queue waits for it.
+const FILL_WAIT_SLICE: Duration = Duration::from_millis(5);
+
+/// Fills `batches[k]` with what waits in `fetches[k]`, up to [`BATCH`] records each. When
+/// no queue has any, waits up to `wait` for a first record, looking at each queue in turn.
+fn fill<'c>(fetches: &[FetchQueue<'c>], batches: &mut [Batch<'c>], wait: Duration) {
+    let mut any = false;
+    for (fetch, batch) in fetches.iter().zip(batches.iter_mut()) {
+        fetch.consume(Duration::ZERO, BATCH, batch);
+        any |= !batch.is_empty();
+    }
+    if any || wait.is_zero() {
+        return;
+    }
+    if let [fetch] = fetches {
+        fetch.consume(wait, BATCH, &mut batches[0]);
+        return;
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        for (k, fetch) in fetches.iter().enumerate() {
+            fetch.consume(FILL_WAIT_SLICE, BATCH, &mut batches[k]);
+            if !batches[k].is_empty() {
+                for (fetch, batch) in fetches.iter().zip(batches.iter_mut()).skip(k + 1) {
+                    fetch.consume(Duration::ZERO, BATCH, batch);
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// Processes one polled record. True when the schema registry could not be reached: the
@@ -446,7 +481,7 @@ fn restore_pending(
     state_dir: &StateDir,
     restorer: &Restorer,
     config: &Config,
-    fetch: &FetchQueue<'_>,
+    fetches: &[FetchQueue<'_>],
 ) -> Result<(), ProcessorError> {
     let (pending, metrics, health, orders) = {
         let mut core = lock(core);
@@ -455,9 +490,9 @@ fn restore_pending(
         }
         (
             std::mem::take(&mut core.pending),
-            core.metrics.clone(),
+            core.shared.metrics.clone(),
             core.health.clone(),
-            core.orders.clone(),
+            core.shared.orders.clone(),
         )
     };
     let followed_topics = match inputs.follower {
@@ -503,7 +538,10 @@ fn restore_pending(
         );
         orders.serve(partition, store.reader());
         health.partition_ready(partition);
-        lock(core).tasks.insert(partition, Task::new(store)?);
+        let shard = lock(core).add_task(partition, Task::new(store)?);
+        let fetch = fetches
+            .get(shard)
+            .ok_or_else(|| ProcessorError::Internal(format!("shard {shard} has no fetch queue")))?;
         fetch.follow(&topic, partition)?;
         let mut resume = TopicPartitionList::new();
         resume.add_partition(&topic, partition);

@@ -1,5 +1,5 @@
 //! The consumer's rebalance callbacks. librdkafka calls them on the processing thread, from
-//! inside `poll`, so they find the core between two records.
+//! inside `poll`, so they find the core between two batches, its worker threads idle.
 //!
 //! - A revoke blocks until drained: the open transaction commits (its offsets included)
 //!   and the revoked partitions' stores close before the partitions are given up, so the

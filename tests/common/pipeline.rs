@@ -40,6 +40,8 @@ pub fn test_config(test: &str, state_dir: &Path) -> Config {
     config.topics.input_format = Format::Json;
     config.topics.output_format = Format::Json;
     config.topics.partitions = 3;
+    // Partitions processed in parallel within the member, whatever this machine's cores.
+    config.processing.workers = 2;
     config.state.dir = state_dir.to_path_buf();
     config.http.listen = "127.0.0.1:0".parse().expect("address");
     config.auth.hs256_secret = Some(super::service::TEST_SECRET.into());
