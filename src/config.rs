@@ -145,6 +145,9 @@ pub struct ProcessingConfig {
     pub workers: u16,
 }
 
+/// The most processing threads (members times workers) one instance may run.
+const MAX_PROCESSING_THREADS: usize = 1024;
+
 impl ProcessingConfig {
     /// `workers`, with 0 resolved to the CPU cores available.
     pub fn workers(&self) -> usize {
@@ -434,6 +437,14 @@ impl Config {
         if p.threads == 0 {
             return invalid("processing.threads is 0: give at least 1".into());
         }
+        if usize::from(p.threads) * p.workers() > MAX_PROCESSING_THREADS {
+            return invalid(format!(
+                "processing.threads ({}) times processing.workers ({}) is over {MAX_PROCESSING_THREADS} \
+                 threads: the partitions of one instance are processed by at most that many",
+                p.threads,
+                p.workers()
+            ));
+        }
         if p.commit_interval_ms == 0 || p.commit_interval_ms * 10 > p.transaction_timeout_ms {
             return invalid(format!(
                 "processing.commit_interval_ms ({}) must be above 0 and at most a tenth of \
@@ -603,6 +614,10 @@ mod tests {
                     "processing.commit_interval_ms (0)",
                 ),
                 ("[processing]\nthreads = 0", "processing.threads is 0"),
+                (
+                    "[processing]\nthreads = 2\nworkers = 600",
+                    "processing.threads (2) times processing.workers (600) is over 1024",
+                ),
                 (
                     "[processing]\ncommit_interval_ms = 10000",
                     "at most a tenth of processing.transaction_timeout_ms",
