@@ -120,8 +120,6 @@ pub struct Milestone {
 pub struct EvidenceRule {
     /// The event types that can evidence the milestone.
     pub event_types: Vec<CompactString>,
-    /// The same, as [`TypeId`]s.
-    type_ids: Vec<TypeId>,
     /// Each matching event must have these field values.
     pub conditions: Vec<(Field, CompactString)>,
     /// At least this many distinct matching events (default 1).
@@ -562,24 +560,27 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         });
     }
 
-    // Number every event type the rules name, then give each rule its numbers.
+    // Number every event type the rules name and, per number, list the rules (by place)
+    // whose types include it.
     let mut type_ids: FxHashMap<CompactString, TypeId> = FxHashMap::default();
-    for rule in milestones.iter_mut().flat_map(|m| m.evidence.iter_mut()) {
+    let mut rules_of_type: Vec<Vec<u32>> = Vec::new();
+    let evidence_rules = milestones.iter_mut().flat_map(|m| m.evidence.iter_mut());
+    for (place, rule) in evidence_rules.enumerate() {
         let mut number = |t: &CompactString| {
             let next = type_ids.len() as TypeId;
             *type_ids.entry(t.clone()).or_insert(next)
         };
-        rule.type_ids = rule.event_types.iter().map(&mut number).collect();
-        rule.after_id = rule.after.as_ref().map(&mut number);
-    }
-    let mut rules_of_type: Vec<Vec<u32>> = vec![Vec::new(); type_ids.len()];
-    for (place, rule) in milestones.iter().flat_map(|m| &m.evidence).enumerate() {
-        for &type_id in &rule.type_ids {
-            let rules = &mut rules_of_type[type_id as usize];
+        for t in &rule.event_types {
+            let id = number(t) as usize;
+            if rules_of_type.len() <= id {
+                rules_of_type.resize_with(id + 1, Vec::new);
+            }
+            let rules = &mut rules_of_type[id];
             if rules.last() != Some(&(place as u32)) {
                 rules.push(place as u32);
             }
         }
+        rule.after_id = rule.after.as_ref().map(&mut number);
     }
 
     let any_event_implies = raw
@@ -643,7 +644,6 @@ fn compile_evidence(raw: &Spanned<RawEvidence>) -> Result<EvidenceRule, Refusal>
     };
     Ok(EvidenceRule {
         event_types: event_types(raw.event_types.get_ref())?,
-        type_ids: Vec::new(), // numbered once every rule is compiled
         conditions,
         at_least,
         all_items_resolved: raw.all_items_resolved,

@@ -166,14 +166,20 @@ impl Core {
     }
 
     /// Processes one input record inside the open transaction (opening one if needed), on
-    /// this thread: a record polled alone, not in a batch.
+    /// this thread: a record polled alone, not in a batch. True when the schema registry
+    /// could not be reached: see [`Core::process_batches`].
     ///
-    /// Errors: as [`Shard::process`].
-    pub fn process<R: InputRecord>(&mut self, message: &R) -> Result<(), ProcessorError> {
+    /// Errors: as [`Core::process_batches`].
+    pub fn process<C: ConsumerContext, R: InputRecord>(
+        &mut self,
+        inputs: &Inputs<'_, C>,
+        message: &R,
+    ) -> Result<bool, ProcessorError> {
         // A partition held by none goes to shard 0, which says what to do with it.
         let shard = self.owner.get(&message.partition()).copied().unwrap_or(0);
         self.begin()?;
-        self.shards[shard].process(&self.shared, message)
+        let result = self.shards[shard].process(&self.shared, message);
+        self.registry_down(inputs, result)
     }
 
     /// Processes `batches[k]` with shard `k`, all shards at once, inside the open
@@ -203,21 +209,35 @@ impl Core {
                 result
             },
         );
-        let mut registry = None;
+        let mut registry = Ok(());
         for result in results.into_iter().flatten() {
             match result {
                 Ok(()) => {}
-                Err(ProcessorError::Registry(error)) => registry = Some(error),
+                Err(ProcessorError::Registry(error)) => {
+                    registry = Err(ProcessorError::Registry(error))
+                }
                 Err(error) => return Err(error),
             }
         }
-        match registry {
-            None => Ok(false),
-            Some(error) => {
+        self.registry_down(inputs, registry)
+    }
+
+    /// What processing that ended in `result` means for the loop: true when the schema
+    /// registry could not be reached, after aborting the open transaction (its records are
+    /// consumed again: no reason to dead-letter them); other errors pass on.
+    fn registry_down<C: ConsumerContext>(
+        &mut self,
+        inputs: &Inputs<'_, C>,
+        result: Result<(), ProcessorError>,
+    ) -> Result<bool, ProcessorError> {
+        match result {
+            Ok(()) => Ok(false),
+            Err(ProcessorError::Registry(error)) => {
                 warn!(%error, "schema registry unavailable; aborting and retrying in 1 s");
                 self.abort_open(inputs)?;
                 Ok(true)
             }
+            Err(error) => Err(error),
         }
     }
 

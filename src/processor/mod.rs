@@ -430,15 +430,7 @@ fn handle<R: InputRecord>(
             warn!(%error, "consumer error");
             Ok(false)
         }
-        Ok(message) => match core.process(&message) {
-            Ok(()) => Ok(false),
-            Err(ProcessorError::Registry(error)) => {
-                warn!(%error, "schema registry unavailable; aborting and retrying in 1 s");
-                core.abort_open(inputs)?;
-                Ok(true)
-            }
-            Err(error) => Err(error),
-        },
+        Ok(message) => core.process(inputs, &message),
     }
 }
 

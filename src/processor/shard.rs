@@ -366,27 +366,20 @@ impl Shard {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let text = error.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "error.class",
-                value: Some(class),
+        let headers = [
+            ("error.class", class),
+            ("error.message", text.as_str()),
+            ("source.topic", message.topic()),
+            ("source.partition", partition.as_str()),
+            ("source.offset", offset.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
             })
-            .insert(Header {
-                key: "error.message",
-                value: Some(text.as_str()),
-            })
-            .insert(Header {
-                key: "source.topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(offset.as_str()),
-            });
+        });
         let mut record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&shared.outputs.dead_letters).headers(headers);
         if let Some(key) = message.key() {
