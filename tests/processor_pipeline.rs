@@ -30,6 +30,13 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, wo
     produce(&config, &events);
     let (expected_records, expected_views) = simulated(&events);
 
+    let epoch_seconds = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    };
+    let started = epoch_seconds();
     let shutdown = Arc::new(AtomicBool::new(false));
     let telemetry = processor::Telemetry::new().expect("metrics");
     let processor = {
@@ -84,6 +91,12 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, wo
         expected_records.len() as f64
     );
     assert!(metric("milestones_transactions_total{outcome=\"committed\"}") >= 1.0);
+    // The last commit happened during this run (the gauge has millisecond precision).
+    let last_commit = metric("milestones_last_commit_timestamp_seconds");
+    assert!(
+        (started - 0.001..=epoch_seconds()).contains(&last_commit),
+        "last commit at {last_commit}, run from {started}"
+    );
     assert!(telemetry.health.is_ready(), "every partition restored");
     // Per order, the change records are simulate's, in sequence.
     assert_same_changes(
