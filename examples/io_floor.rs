@@ -27,7 +27,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,6 +87,10 @@ fn machine_busy() -> Result<f64, Box<dyn std::error::Error>> {
     Ok(busy as f64 / 100.0)
 }
 
+// The service's allocator (src/main.rs), for librdkafka's allocations as well.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, bootstrap, input, group, count, from, to] = args.as_slice() else {
@@ -114,21 +117,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &format!("{group}-io-floor"),
         // The service's partitioner (src/kafka.rs).
         &[("partitioner", "murmur2_random")],
+        &to,
         count,
-        |producer, index, _| {
+        |producer, topics, index, _| {
             let i = index.min(count - 1);
-            for (topic, records) in &outputs {
+            for (topic, (_, records)) in topics.iter().zip(&outputs) {
                 let m = records.len() as u64;
                 let (first, end) = (i * m / count, (i + 1) * m / count);
                 for (key, payload) in &records[first as usize..end as usize] {
-                    let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
-                    if let Some(key) = key {
-                        out = out.key(key.as_slice());
-                    }
-                    if let Some(payload) = payload {
-                        out = out.payload(payload.as_slice());
-                    }
-                    txn::send(producer, out)?;
+                    // The service's outputs are keyed by order id.
+                    let key = key.as_deref().unwrap_or_default();
+                    txn::send_to(producer, topic, None, key, payload.as_deref())?;
                     produced += 1;
                 }
             }

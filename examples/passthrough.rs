@@ -12,7 +12,10 @@ mod forward;
 use std::time::Instant;
 
 use order_milestones::emit::txn;
-use rdkafka::producer::BaseRecord;
+
+// The service's allocator (src/main.rs), for librdkafka's allocations as well.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // From the start, as the service is timed: clients, producer id and group join count.
@@ -27,16 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         group,
         &format!("{group}-passthrough"),
         &[],
+        &[output.as_str()],
         count.parse()?,
-        |producer, _, record| {
-            let mut out: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
-            if let Some(key) = record.key() {
-                out = out.key(key);
-            }
-            if let Some(payload) = record.payload() {
-                out = out.payload(payload);
-            }
-            txn::send(producer, out)
+        |producer, topics, _, record| {
+            // The input is keyed by order id: every record has a key.
+            let key = record.key().unwrap_or_default();
+            txn::send_to(producer, &topics[0], None, key, record.payload())
         },
     )?;
     println!("{committed} {:.3}", started.elapsed().as_secs_f64());

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use order_milestones::emit::txn::{self, TXN_TIMEOUT};
+use order_milestones::emit::txn::{self, Topic, TXN_TIMEOUT};
 use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -50,14 +50,20 @@ impl Txn {
     fn take(
         &mut self,
         producer: &BaseProducer,
-        forward: &mut impl FnMut(&BaseProducer, u64, &dyn InputRecord) -> Result<(), KafkaError>,
+        topics: &[Topic],
+        forward: &mut impl FnMut(
+            &BaseProducer,
+            &[Topic],
+            u64,
+            &dyn InputRecord,
+        ) -> Result<(), KafkaError>,
         record: &dyn InputRecord,
     ) -> Result<(), KafkaError> {
         if self.started.is_none() {
             producer.begin_transaction()?;
             self.started = Some(Instant::now());
         }
-        forward(producer, self.consumed, record)?;
+        forward(producer, topics, self.consumed, record)?;
         self.offsets.insert(record.partition(), record.offset() + 1);
         self.consumed += 1;
         Ok(())
@@ -65,17 +71,21 @@ impl Txn {
 }
 
 /// Consumes `input` as a member of `group` until `count` records are committed, calling
-/// `forward(producer, index, record)` for each (`index` counts the records consumed, from 0)
-/// inside the open transaction. The producer has the transactional id `transactional_id`,
-/// idempotence and `producer_settings`. Returns how many records were committed.
+/// `forward(producer, topics, index, record)` for each (`topics` the producer's handles of
+/// `outputs`, in order; `index` counts the records consumed, from 0) inside the open
+/// transaction. The producer has the transactional id `transactional_id`, idempotence and
+/// `producer_settings`; it sends through topic handles (`txn::send_to`), as the service
+/// does. Returns how many records were committed.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_all(
     bootstrap: &str,
     input: &str,
     group: &str,
     transactional_id: &str,
     producer_settings: &[(&str, &str)],
+    outputs: &[&str],
     count: u64,
-    mut forward: impl FnMut(&BaseProducer, u64, &dyn InputRecord) -> Result<(), KafkaError>,
+    mut forward: impl FnMut(&BaseProducer, &[Topic], u64, &dyn InputRecord) -> Result<(), KafkaError>,
 ) -> Result<u64, Box<dyn std::error::Error>> {
     let mut producer_config = ClientConfig::new();
     producer_config
@@ -86,6 +96,12 @@ pub fn forward_all(
         producer_config.set(*key, *value);
     }
     let producer: BaseProducer = producer_config.create()?;
+    // Declared after the producer, so dropped before it, as the handles require.
+    let topics = outputs
+        .iter()
+        // SAFETY: dropped before `producer` (declared after it).
+        .map(|name| unsafe { Topic::new(&producer, name) })
+        .collect::<Result<Vec<Topic>, KafkaError>>()?;
     let consumer: BaseConsumer<Assigned> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -106,7 +122,7 @@ pub fn forward_all(
     while committed < count {
         // Events, and the records fetched before a newly assigned partition is followed.
         if let Some(message) = consumer.poll(Duration::ZERO) {
-            txn.take(&producer, &mut forward, &message?)?;
+            txn.take(&producer, &topics, &mut forward, &message?)?;
         }
         let assigned = std::mem::take(
             &mut *consumer
@@ -121,7 +137,7 @@ pub fn forward_all(
         fetch.consume(Duration::from_millis(20), 500, &mut batch);
         for index in 0..batch.len() {
             if let Some(record) = batch.get(index) {
-                txn.take(&producer, &mut forward, &record?)?;
+                txn.take(&producer, &topics, &mut forward, &record?)?;
             }
         }
         batch.clear();
