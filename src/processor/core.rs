@@ -279,20 +279,6 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), ProcessorError> {
-        let mut none: Vec<()> = vec![(); self.shards.len()];
-        let prepared = fork(
-            self.pool.as_ref(),
-            &self.shared,
-            &mut self.shards,
-            &mut none,
-            |shard, _| !shard.tasks.is_empty(),
-            |shard, _, shared| shard.prepare(shared),
-        );
-        let mut writes: Vec<Option<Writes>> = Vec::with_capacity(prepared.len());
-        for result in prepared {
-            writes.push(result.transpose()?);
-        }
-        let producer = &self.shared.producer;
         let mut offsets = TopicPartitionList::new();
         for shard in &self.shards {
             for (&(input, partition), &(_, next)) in &shard.consumed {
@@ -300,14 +286,52 @@ impl Core {
                 offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
             }
         }
-        if offsets.count() > 0 {
-            let metadata = consumer.group_metadata().ok_or_else(|| {
+        let metadata = match offsets.count() {
+            0 => None,
+            _ => Some(consumer.group_metadata().ok_or_else(|| {
                 ProcessorError::Internal("the consumer has no group metadata".into())
-            })?;
-            retrying(TXN_TIMEOUT, || {
-                producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
-            })?;
+            })?),
+        };
+        // The offsets go to the transaction (two round trips to the coordinators) while
+        // the shards produce their state and views: both only add to the open transaction.
+        let (prepared, sent) = std::thread::scope(|scope| {
+            let sending = metadata.as_ref().map(|metadata| {
+                let (producer, offsets) = (&self.shared.producer, &offsets);
+                std::thread::Builder::new()
+                    .name("offsets".into())
+                    .spawn_scoped(scope, move || {
+                        retrying(TXN_TIMEOUT, || {
+                            producer.send_offsets_to_transaction(offsets, metadata, TXN_TIMEOUT)
+                        })
+                    })
+            });
+            let mut none: Vec<()> = vec![(); self.shards.len()];
+            let prepared = fork(
+                self.pool.as_ref(),
+                &self.shared,
+                &mut self.shards,
+                &mut none,
+                |shard, _| !shard.tasks.is_empty(),
+                |shard, _, shared| shard.prepare(shared),
+            );
+            let sent = match sending {
+                None => Ok(()),
+                Some(Err(error)) => Err(ProcessorError::Internal(format!(
+                    "starting the thread that sends the offsets: {error}"
+                ))),
+                Some(Ok(thread)) => match thread.join() {
+                    Ok(result) => result.map_err(ProcessorError::from),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+            };
+            (prepared, sent)
+        });
+        let mut writes: Vec<Option<Writes>> = Vec::with_capacity(prepared.len());
+        for result in prepared {
+            writes.push(result.transpose()?);
         }
+        sent?;
+        let producer = &self.shared.producer;
         let started = Instant::now();
         flush(producer, TXN_TIMEOUT);
         retrying(TXN_TIMEOUT, || producer.commit_transaction(TXN_TIMEOUT))?;

@@ -266,7 +266,15 @@ impl PartitionStore for RocksStore {
     }
 
     fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError> {
-        let mut write = WriteBatch::default();
+        // Room for every record (a tag, two length varints, the key with its prefix byte and
+        // the value) and the checkpoint: a commit's batch is megabytes, and growing it from
+        // empty copied it over and over.
+        let bytes: usize = batch
+            .puts
+            .iter()
+            .map(|(key, value)| 12 + key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut write = WriteBatch::with_capacity_bytes(bytes + 64);
         let mut k = Vec::new();
         for (key, value) in &batch.puts {
             data_key(&mut k, key);
