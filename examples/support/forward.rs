@@ -144,7 +144,11 @@ pub fn forward_all(
         let Some(started) = txn.started else {
             continue;
         };
-        if started.elapsed() >= Duration::from_millis(100) || txn.consumed >= count {
+        // On the interval only, as the service commits: it cannot know that a record is
+        // the last, so its last transaction waits out the interval too. (Committing as soon
+        // as `count` records were consumed gave the ceiling up to 100 ms the service never
+        // has.)
+        if started.elapsed() >= Duration::from_millis(100) {
             let mut tpl = TopicPartitionList::new();
             for (&partition, &next) in &txn.offsets {
                 tpl.add_partition_offset(input, partition, Offset::Offset(next))?;
