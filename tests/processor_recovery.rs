@@ -1,7 +1,8 @@
 //! The stream processor's promises under failure, against the real broker: exactly-once
 //! output through repeated `kill -9`, state restored from the changelog when the local
 //! state is gone, bad records in the dead-letter topic with the good ones around them
-//! processed, and replay with the Kafka console tools.
+//! processed, an unreachable schema registry waited out with nothing lost, and replay with
+//! the Kafka console tools.
 
 mod common;
 
@@ -645,4 +646,203 @@ fn two_input_topics_with_a_second_instance_joining_and_leaving() {
             );
         }
     }
+}
+
+/// A TCP proxy in front of the real schema registry that can be taken down (every
+/// connection, open or new, closed at once) and brought back: the registry becoming
+/// unreachable while the processor runs, without stopping the shared test stack's.
+struct RegistryProxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+}
+
+impl RegistryProxy {
+    fn start(target: std::net::SocketAddr) -> RegistryProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: closed before any answer
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || pipe(from, to, &flag));
+                }
+            }
+        });
+        RegistryProxy { port, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the proxy goes down, then closes both.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, up: &AtomicBool) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("read timeout");
+    let mut buffer = [0u8; 16 * 1024];
+    while up.load(Ordering::SeqCst) {
+        match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// `event` in the Avro binary of `schema`: `avro/order_event.avsc` with an optional `channel`
+/// field added at the end, as a newer producer would write it.
+fn newer_writer_datum(schema: &apache_avro::Schema, event: &OrderEvent) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let string = |s: &str| Value::String(s.to_owned());
+    let items = event
+        .items
+        .iter()
+        .map(|item| {
+            Value::Record(vec![
+                ("asin".into(), string(&item.asin)),
+                ("qty".into(), Value::Int(item.qty)),
+            ])
+        })
+        .collect();
+    let attributes = event
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), string(v)))
+        .collect();
+    let customer = match &event.customer_id {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(c) => Value::Union(1, Box::new(string(c))),
+    };
+    let value = Value::Record(vec![
+        ("event_id".into(), string(&event.event_id)),
+        ("order_id".into(), string(&event.order_id)),
+        ("event_type".into(), string(&event.event_type)),
+        ("source".into(), string(&event.source)),
+        (
+            "occurred_at".into(),
+            Value::TimestampMillis(event.occurred_at),
+        ),
+        ("line_of_business".into(), string(&event.line_of_business)),
+        ("marketplace".into(), string(&event.marketplace)),
+        ("customer_id".into(), customer),
+        ("items".into(), Value::Array(items)),
+        ("attributes".into(), Value::Map(attributes)),
+        ("channel".into(), Value::Union(1, Box::new(string("app")))),
+    ]);
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .expect("a datum writer")
+        .write_value_to_vec(value)
+        .expect("an event in the newer schema")
+}
+
+/// The schema registry unreachable while records of a writer schema the processor has not
+/// seen yet arrive: they are not dead-lettered (nothing is wrong with them), the open
+/// transactions abort and the processor waits and tries again, without stopping; once the
+/// registry is back every record is processed, exactly once.
+#[test]
+fn an_unreachable_registry_holds_processing_back_and_loses_nothing() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let registry_url = common::schema_registry_url();
+    let after_scheme = registry_url.trim_start_matches("http://");
+    let (authority, path) =
+        after_scheme.split_at(after_scheme.find('/').unwrap_or(after_scheme.len()));
+    let target: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .expect("registry address")
+        .next()
+        .expect("registry address");
+    let proxy = RegistryProxy::start(target);
+    let mut config = test_config("registry_outage", &dir.path().join("state"));
+    config.topics.input_format = order_milestones::config::Format::Avro;
+    config.schema_registry.url = format!("http://127.0.0.1:{}{path}", proxy.port);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(common::require_schema_registry());
+    runtime.block_on(topics::apply(&config)).expect("topics");
+
+    // A newer writer's schema, registered directly (not through the proxy).
+    let mut schema: Value =
+        serde_json::from_str(order_milestones::ingest::avro::ORDER_EVENT_SCHEMA).expect("schema");
+    schema["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "channel", "type": ["null", "string"], "default": null}));
+    let schema = schema.to_string();
+    let registry = order_milestones::ingest::RegistryClient::new(
+        &order_milestones::ingest::RegistryConfig::new(registry_url.clone()),
+    )
+    .expect("registry client");
+    let subject = format!("{}-value", config.topics.inputs[0]);
+    let id = runtime
+        .block_on(registry.register_avro(&subject, "com.grocery.orders.OrderEvent", &schema))
+        .expect("newer schema registered");
+    let parsed = apache_avro::Schema::parse_str(&schema).expect("newer schema");
+    let events = generated(30, "R");
+    let records: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let mut payload = vec![0u8];
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend(newer_writer_datum(&parsed, e));
+            (Some(e.order_id.as_bytes().to_vec()), Some(payload))
+        })
+        .collect();
+
+    proxy.set_up(false);
+    let processor = start(&config, &runtime);
+    produce_raw(&config.topics.inputs[0], &records);
+    // Long enough for the processor to meet the records, abort and try again a few times.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!processor.thread.is_finished(), "the processor stopped");
+    assert_eq!(
+        processor.events_in(),
+        0.0,
+        "events decoded without the registry"
+    );
+    let metric = |name: &str| -> f64 {
+        processor
+            .telemetry
+            .metrics
+            .encode_text()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(metric("milestones_dead_letters_total"), 0.0);
+
+    proxy.set_up(true);
+    let (expected_records, expected_views) = simulated(&events);
+    wait_for_views(&config, &expected_views);
+    changes_equal_simulate(&config, expected_records);
+    assert_eq!(metric("milestones_dead_letters_total"), 0.0, "dead letters");
+    processor.stop();
 }

@@ -411,6 +411,10 @@ impl Core {
 
 /// Processes a batch's records with `shard`, up to the first error. Consumer errors in the
 /// batch (a partition that cannot be fetched, ...) are logged: librdkafka retries them.
+///
+/// When the registry cannot be reached, the records after the failing one are not processed
+/// either; each of their partitions counts as consumed from its first of them, so that the
+/// abort that follows rewinds those partitions too (the consumer has fetched past them).
 fn process_batch(
     shard: &mut Shard,
     shared: &Shared,
@@ -420,7 +424,18 @@ fn process_batch(
         match batch.get(index) {
             None => break,
             Some(Err(error)) => warn!(%error, "consumer error"),
-            Some(Ok(record)) => shard.process(shared, &record)?,
+            Some(Ok(record)) => match shard.process(shared, &record) {
+                Ok(()) => {}
+                Err(error @ ProcessorError::Registry(_)) => {
+                    for rest in index + 1..batch.len() {
+                        if let Some(Ok(record)) = batch.get(rest) {
+                            shard.not_processed(shared, &record)?;
+                        }
+                    }
+                    return Err(error);
+                }
+                Err(error) => return Err(error),
+            },
         }
     }
     Ok(())

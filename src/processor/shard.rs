@@ -268,6 +268,27 @@ impl Shard {
         Ok(())
     }
 
+    /// `message` was fetched but is left unprocessed (the registry could not be reached for
+    /// a record before it, and the transaction is about to abort): its partition counts as
+    /// consumed from it at the latest, so that the abort rewinds the consumer to it.
+    ///
+    /// Errors: the record is not from an input topic.
+    pub fn not_processed<R: InputRecord>(
+        &mut self,
+        shared: &Shared,
+        message: &R,
+    ) -> Result<(), ProcessorError> {
+        let input = shared.input_index(message.topic())?;
+        let (partition, offset) = (message.partition(), message.offset());
+        // A partition no longer held is not this member's to rewind.
+        if self.tasks.contains_key(&partition) {
+            self.consumed
+                .entry((input, partition))
+                .or_insert((offset, offset));
+        }
+        Ok(())
+    }
+
     /// Applies `event` to its order's graph and produces the change records. Returns why
     /// not when the event is for an order that retention removed (or would have removed) from
     /// state: see [`ExpiredOrder`].
