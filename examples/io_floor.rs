@@ -101,9 +101,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if from.len() != to.len() || count == 0 {
         return Err("FROM and TO must list as many topics, and COUNT must be positive".into());
     }
+    // Per output topic (`to`, in order), the records to write again.
     let mut outputs = Vec::new();
-    for (source, target) in from.iter().zip(&to) {
-        outputs.push((*target, read_topic(bootstrap, source)?));
+    for source in &from {
+        outputs.push(read_topic(bootstrap, source)?);
     }
 
     // From here as the service is timed: clients, producer id and group join count.
@@ -121,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         count,
         |producer, topics, index, _| {
             let i = index.min(count - 1);
-            for (topic, (_, records)) in topics.iter().zip(&outputs) {
+            for (topic, records) in topics.iter().zip(&outputs) {
                 let m = records.len() as u64;
                 let (first, end) = (i * m / count, (i + 1) * m / count);
                 for (key, payload) in &records[first as usize..end as usize] {

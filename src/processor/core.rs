@@ -13,7 +13,6 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use rustc_hash::FxHashMap;
 use tracing::{info, warn};
 
 use crate::api::Health;
@@ -93,8 +92,6 @@ pub(crate) struct Core {
     pub shared: Shared,
     /// The member's partitions, spread over shards that are processed in parallel.
     shards: Vec<Shard>,
-    /// Which shard holds each assigned and restored partition.
-    owner: FxHashMap<i32, usize>,
     /// The worker threads that run shards 1.. while the processing thread runs shard 0;
     /// none with one shard.
     pool: Option<rayon::ThreadPool>,
@@ -128,7 +125,6 @@ impl Core {
         Ok(Core {
             shared,
             shards: (0..workers).map(|_| Shard::default()).collect(),
-            owner: FxHashMap::default(),
             pool,
             pending: Vec::new(),
             health,
@@ -143,7 +139,18 @@ impl Core {
 
     /// The partitions whose tasks the core holds.
     pub fn partitions(&self) -> Vec<i32> {
-        self.owner.keys().copied().collect()
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.tasks.keys().copied())
+            .collect()
+    }
+
+    /// The shard holding `partition`'s task, if any: a look at a few maps, done per polled
+    /// record and per revoke only.
+    fn shard_of(&self, partition: i32) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|shard| shard.tasks.contains_key(&partition))
     }
 
     /// Takes a restored partition's task into the shard holding fewest; returns that shard,
@@ -153,7 +160,6 @@ impl Core {
             .min_by_key(|&k| (self.shards[k].tasks.len(), k))
             .unwrap_or(0);
         self.shards[shard].tasks.insert(partition, task);
-        self.owner.insert(partition, shard);
         shard
     }
 
@@ -176,7 +182,7 @@ impl Core {
         message: &R,
     ) -> Result<bool, ProcessorError> {
         // A partition held by none goes to shard 0, which says what to do with it.
-        let shard = self.owner.get(&message.partition()).copied().unwrap_or(0);
+        let shard = self.shard_of(message.partition()).unwrap_or(0);
         self.begin()?;
         let result = self.shards[shard].process(&self.shared, message);
         self.registry_down(inputs, result)
@@ -398,7 +404,7 @@ impl Core {
         self.shared.metrics.partition_revoked(partition);
         self.shared.orders.stop_serving(partition);
         self.health.partition_revoked(partition);
-        let Some(shard) = self.owner.remove(&partition) else {
+        let Some(shard) = self.shard_of(partition) else {
             return;
         };
         if let Some(task) = self.shards[shard].tasks.remove(&partition) {
