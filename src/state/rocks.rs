@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, DBCompressionType, Options, ReadOptions, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
 };
 
 use super::dir::DirLock;
@@ -44,18 +45,27 @@ const FORMAT: u8 = 1;
 const _: () = assert!(CHECKPOINT_KEY[0] == META && FORMAT_KEY[0] == META && META != DATA);
 
 /// RocksDB settings shared by every partition store of one instance. Cheap to clone: the
-/// block cache is shared, so memory does not grow with the number of partitions.
+/// block cache and the memtables' budget are shared, so memory does not grow with the
+/// number of partitions.
 #[derive(Clone)]
 pub struct RocksOptions {
     cache: Cache,
+    write_buffers: WriteBufferManager,
     write_buffer_bytes: usize,
 }
 
 impl RocksOptions {
-    /// Creates the shared block cache of `config.block_cache_bytes`.
+    /// Creates the shared block cache of `config.block_cache_bytes` and the shared memtable
+    /// budget of `config.write_buffer_total_bytes`.
     pub fn new(config: &StateConfig) -> RocksOptions {
         RocksOptions {
             cache: Cache::new_lru_cache(config.block_cache_bytes),
+            // Past the budget RocksDB flushes the largest memtable of the store being
+            // written; writers never stall for it (a commit must not wait on a flush).
+            write_buffers: WriteBufferManager::new_write_buffer_manager(
+                config.write_buffer_total_bytes,
+                false,
+            ),
             write_buffer_bytes: config.write_buffer_bytes,
         }
     }
@@ -86,6 +96,7 @@ impl RocksOptions {
         ]);
         options.set_write_buffer_size(self.write_buffer_bytes);
         options.set_max_write_buffer_number(2);
+        options.set_write_buffer_manager(&self.write_buffers);
         // Most lookups under a backlog are of orders not stored yet: a bloom filter over the
         // memtable's keys answers those without a search of it.
         options.set_memtable_whole_key_filtering(true);
@@ -410,5 +421,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(sst > 0, "nothing flushed to an SST file");
+    }
+
+    #[test]
+    fn the_memtables_budget_is_shared_by_the_stores_and_flushes_early() {
+        // Each store's own memtable could take 64 MiB; together they may hold 1 MiB.
+        let options = RocksOptions::new(&StateConfig {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 64 << 20,
+            write_buffer_total_bytes: 1 << 20,
+            ..StateConfig::default()
+        });
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let mut stores = dirs
+            .iter()
+            .map(|dir| RocksStore::open(dir.path(), &options).unwrap())
+            .collect::<Vec<_>>();
+        let sst = |store: &RocksStore| {
+            store
+                .db
+                .property_int_value("rocksdb.total-sst-files-size")
+                .unwrap()
+                .unwrap()
+        };
+        for round in 0..8u32 {
+            for store in &mut stores {
+                let mut batch = StoreBatch::new();
+                for i in 0..256u32 {
+                    batch.put((round << 16 | i).to_be_bytes(), vec![b'v'; 1000]);
+                }
+                store.write(batch).unwrap();
+            }
+        }
+        // 4 MiB written in all: past the shared budget, so flushed (in the background) while
+        // writing, though far below either store's own memtable size.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while stores.iter().map(sst).sum::<u64>() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing flushed: the shared budget was not applied"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
