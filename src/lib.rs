@@ -29,6 +29,7 @@
 //!   pair with them.
 //! - `api`: the HTTP endpoints: `/metrics`, `/healthz` (the processing loop heartbeats) and
 //!   `/readyz` (every assigned partition restored).
+//! - `tls`: the one TLS set-up the HTTP clients (schema registry, order API forwarding) share.
 //! - `simulate`: the engine over a file of JSON events, without Kafka.
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks,
 //!   as JSON lines or produced to an input topic in either format.
@@ -44,4 +45,5 @@ pub mod metrics;
 pub mod processor;
 pub mod simulate;
 pub mod state;
+pub mod tls;
 pub mod topics;

@@ -378,8 +378,8 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
             axum::Router::new(),
         ))
         .context("http")?;
-    // The processor next, while the order API is set up here: its HTTP client's TLS set-up
-    // alone (the system's root certificates) takes tens of milliseconds.
+    // The processor next, while the order API is set up here. (Its forwarding client shares
+    // the registry client's TLS set-up, `tls::client_builder`: whichever comes first makes it.)
     let processor = {
         let (config, engine, telemetry) = (config.clone(), engine.clone(), telemetry.clone());
         let handle = runtime.handle().clone();
@@ -399,7 +399,7 @@ fn run_processor(config: Config, rules: Rules) -> anyhow::Result<ExitCode> {
         telemetry.metrics.clone(),
         config.http.max_event_streams,
     )
-    .context("order API")?;
+    .map_err(|e| anyhow::anyhow!("order API: {e}"))?;
     let server = server.with_router(api::service_router(
         telemetry.metrics.clone(),
         telemetry.health.clone(),

@@ -65,7 +65,7 @@ pub struct OrderApi {
 }
 
 impl OrderApi {
-    /// Errors: only if the HTTP client for forwarding cannot be built (no TLS backend).
+    /// Errors: only if the HTTP client for forwarding cannot be built (no TLS set-up).
     pub fn new(
         local: Arc<LocalOrders>,
         health: Arc<Health>,
@@ -74,11 +74,12 @@ impl OrderApi {
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         max_event_streams: usize,
-    ) -> Result<OrderApi, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    ) -> Result<OrderApi, String> {
+        let client = crate::tls::client_builder()?
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(OrderApi {
             local,
             health,

@@ -100,10 +100,16 @@ impl RegistryClient {
         if let Some(user) = &config.username {
             builder.set_basic_authorization(user, config.password.as_deref());
         }
-        let settings = builder.build().map_err(|e| RegistryError::Config {
+        let client = crate::tls::client_builder().map_err(|message| RegistryError::Config {
             url: config.url.clone(),
-            message: describe(&e),
+            message,
         })?;
+        let settings = builder
+            .build_with(client)
+            .map_err(|e| RegistryError::Config {
+                url: config.url.clone(),
+                message: describe(&e),
+            })?;
         Ok(RegistryClient {
             settings,
             url: config.url.clone(),
