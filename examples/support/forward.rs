@@ -4,7 +4,7 @@
 //! like the service's (one every 100 ms, the consumed offsets included), hands each record to
 //! the caller to produce what it stands for. Its clients start in the service's order
 //! (`src/processor/mod.rs`): the producer first, the group join going on while
-//! `init_transactions` waits.
+//! `init_transactions` waits, in the service's short resumed calls.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -113,7 +113,9 @@ pub fn forward_all(
         .set("fetch.queue.backoff.ms", "10")
         .create_with_context(Assigned::default())?;
     consumer.subscribe(&[input])?;
-    producer.init_transactions(TXN_TIMEOUT)?;
+    // As the service does: resumed in short calls, or librdkafka's producer-id timer can
+    // add 500 ms here (see `txn::init_transactions`).
+    txn::init_transactions(&producer, TXN_TIMEOUT)?;
 
     let fetch = FetchQueue::new(&consumer);
     let mut batch = Batch::default();

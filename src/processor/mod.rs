@@ -32,13 +32,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::BaseProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::api::{Health, LocalOrders};
 use crate::config::{Config, Format};
-use crate::emit::txn::TXN_TIMEOUT;
+use crate::emit::txn::{self, TXN_TIMEOUT};
 use crate::emit::RecordEncoder;
 use crate::engine::codec::CodecError;
 use crate::engine::Engine;
@@ -245,9 +245,8 @@ fn member(
         dead_letters: config.dead_letter_topic(),
     };
     // The producer first, so that its broker connections come up while the schemas are
-    // looked up: `init_transactions` on a producer with no connection up yet finds no
-    // broker to ask for its coordinator and waits librdkafka's 500 ms retry timer (seen in
-    // one start of three).
+    // looked up (`init_transactions` soon after the producer's creation would otherwise
+    // wait for its coordinator's connection: see `txn::init_transactions`).
     let producer: BaseProducer<Deliveries> = client_config(config, Role::TransactionalProducer)
         .create_with_context(Deliveries::new(outputs.changelog.clone()))?;
     let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
@@ -300,7 +299,7 @@ fn member(
     // meanwhile. The assignment waits for the first poll, below, and so for the fencing.
     consumer.subscribe(&[t.inputs[0].as_str()])?;
     // Fences any earlier incarnation of this instance and aborts its open transaction.
-    lock(&core).shared.producer.init_transactions(TXN_TIMEOUT)?;
+    txn::init_transactions(&lock(&core).shared.producer, TXN_TIMEOUT)?;
     let changelog = config.changelog_topic();
     let restorer = Restorer::new(
         &client_config(config, Role::AssignedConsumer),
