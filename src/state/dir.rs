@@ -26,6 +26,9 @@ pub(super) struct DirLock {
     _file: File,
 }
 
+/// A partition's store as [`StateDir::open_partition`] opened it, and how.
+pub type OpenedStore = Result<(RocksStore, Opened), StoreError>;
+
 /// What [`StateDir::open_partition`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
@@ -124,7 +127,7 @@ impl StateDir {
     /// Errors: [`StoreError`] when the store cannot be opened for another reason (I/O errors
     /// such as a full disk or too many open files are not damage: the store is kept), or when
     /// a wiped store cannot be created again.
-    pub fn open_partition(&self, partition: i32) -> Result<(RocksStore, Opened), StoreError> {
+    pub fn open_partition(&self, partition: i32) -> OpenedStore {
         let path = self.partition_path(partition);
         let existed = match std::fs::read_dir(&path) {
             Ok(mut entries) => entries.next().is_some(),
@@ -159,6 +162,44 @@ impl StateDir {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Opens the stores of `partitions` as [`open_partition`](StateDir::open_partition) does,
+    /// several at once: creating or opening a RocksDB is a few milliseconds of file-system
+    /// work (files written and synced), and a rebalance hands an instance many partitions
+    /// at a time. The results are in the order of `partitions`.
+    pub fn open_partitions(&self, partitions: &[i32]) -> Vec<OpenedStore> {
+        const THREADS: usize = 4;
+        if partitions.len() <= 1 {
+            return partitions.iter().map(|&p| self.open_partition(p)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut opened: Vec<(usize, OpenedStore)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS.min(partitions.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&partition) = partitions.get(i) else {
+                                return done;
+                            };
+                            done.push((i, self.open_partition(partition)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+                .collect()
+        });
+        opened.sort_by_key(|(i, _)| *i);
+        opened.into_iter().map(|(_, result)| result).collect()
     }
 
     /// Deletes the store of `partition` (close it first), e.g. when the partition moved to
@@ -276,6 +317,42 @@ mod tests {
         dir.remove_partition(3).unwrap();
         dir.remove_partition(3).unwrap();
         assert_eq!(dir.partitions().unwrap(), [11]);
+    }
+
+    #[test]
+    fn several_partitions_open_at_once_each_as_alone_in_the_order_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&config(root.path()), "app").unwrap();
+        for partition in [2, 7] {
+            let (mut store, _) = dir.open_partition(partition).unwrap();
+            store
+                .write(StoreBatch {
+                    puts: vec![(format!("o-{partition}").into_bytes(), Some(b"v".to_vec()))],
+                    checkpoint: Some(i64::from(partition) * 10),
+                })
+                .unwrap();
+            store.close().unwrap();
+        }
+        let partitions = [9, 7, 0, 2, 5, 1];
+        let opened = dir.open_partitions(&partitions);
+        assert_eq!(opened.len(), partitions.len());
+        for (partition, result) in partitions.into_iter().zip(opened) {
+            let (store, opened) = result.unwrap();
+            match partition {
+                2 | 7 => {
+                    let checkpoint = Some(i64::from(partition) * 10);
+                    assert_eq!(opened, Opened::Existing { checkpoint }, "{partition}");
+                    let key = format!("o-{partition}");
+                    assert_eq!(
+                        store.get(key.as_bytes()).unwrap().as_deref(),
+                        Some(&b"v"[..])
+                    );
+                }
+                _ => assert_eq!(opened, Opened::Fresh, "{partition}"),
+            }
+            store.close().unwrap();
+        }
+        assert_eq!(dir.partitions().unwrap(), [0, 1, 2, 5, 7, 9]);
     }
 
     #[test]
