@@ -150,12 +150,12 @@ impl OrderEvent {
             ("event_type", &self.event_type),
             ("source", &self.source),
         ] {
-            if value.trim().is_empty() {
+            if is_blank(value) {
                 return Err(EventError::EmptyField(name));
             }
         }
         for (index, item) in self.items.iter().enumerate() {
-            if item.asin.trim().is_empty() {
+            if is_blank(&item.asin) {
                 return Err(EventError::EmptyAsin { index });
             }
             if item.qty < 1 {
@@ -167,6 +167,17 @@ impl OrderEvent {
             }
         }
         Ok(())
+    }
+}
+
+/// `s.trim().is_empty()`, answered from the first byte for the usual string that starts
+/// with a visible ASCII character (`trim` decodes characters from both ends: 0.6% of a
+/// pipeline run's samples for the six checks of every event).
+fn is_blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        None => true,
+        Some(&first) if first.is_ascii() && !char::from(first).is_whitespace() => false,
+        Some(_) => s.trim().is_empty(),
     }
 }
 
@@ -196,6 +207,29 @@ pub(crate) fn test_event(id: &str, kind: &str, at: i64, items: &[(&str, i32)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_is_what_trim_leaves_empty() {
+        for s in [
+            "",
+            " ",
+            "\t\n",
+            "\u{0b}",
+            "\u{0c}\r",
+            "\u{a0}",
+            "\u{3000} ",
+            " \u{2003}",
+            "a",
+            " a",
+            "\u{0b}x",
+            "\u{a0}b",
+            "é",
+            "x ",
+            "\u{200b}",
+        ] {
+            assert_eq!(is_blank(s), s.trim().is_empty(), "{s:?}");
+        }
+    }
 
     const FULL: &str = r#"{"event_id":"e1","order_id":"A","event_type":"OrderCreated","source":"ordering","occurred_at":1700000000000,"line_of_business":"fresh","marketplace":"UK","customer_id":"C-1","items":[{"asin":"B1","qty":2}],"attributes":{"k":"v"}}"#;
 
