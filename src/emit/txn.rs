@@ -230,17 +230,24 @@ const INIT_STEP: Duration = Duration::from_millis(50);
 /// the connection again. Measured in the benchmark's passthrough, which calls it 3 ms after
 /// creating its producer: 504 to 537 ms as one call, 55 to 67 ms this way.
 ///
-/// Errors: what librdkafka returns other than a timeout, or the timeout after `timeout`.
+/// A step that times out returns librdkafka's last retriable error of the initialisation
+/// in place of the timeout: "coordinator load in progress" while a broker that has just
+/// started loads its transaction state. Those are resumed the same way.
+///
+/// Errors: what librdkafka returns that is not retriable, or its last error after
+/// `timeout`.
 pub fn init_transactions<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let step = INIT_STEP.min(deadline.saturating_duration_since(Instant::now()));
+        let called = Instant::now();
+        let step = INIT_STEP.min(deadline.saturating_duration_since(called));
         match producer.init_transactions(step) {
-            Err(KafkaError::Transaction(e))
-                if e.code() == RDKafkaErrorCode::OperationTimedOut && Instant::now() < deadline => {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {
+                // Not a tight loop should an error come back at once: a step per call.
+                std::thread::sleep(step.saturating_sub(called.elapsed()));
             }
             result => return result,
         }
