@@ -99,6 +99,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// A zigzag varint `long`.
     fn long(&mut self, field: &str) -> Result<i64, String> {
+        // Most are one byte: string lengths, quantities, counts, union branches.
+        if let [byte @ 0..0x80, rest @ ..] = self.bytes {
+            self.bytes = rest;
+            return Ok(i64::from(byte >> 1) ^ -i64::from(byte & 1));
+        }
         let mut raw: u64 = 0;
         for (i, &byte) in self.bytes.iter().enumerate().take(10) {
             raw |= u64::from(byte & 0x7f) << (7 * i);
@@ -352,6 +357,21 @@ mod tests {
         assert!(read_event(&datum)
             .unwrap_err()
             .contains("items: truncated, a block of"));
+    }
+
+    #[test]
+    fn one_byte_varints_read_as_their_two_byte_spelling() {
+        for byte in 0..0x80u8 {
+            let short = Reader { bytes: &[byte] }.long("x").unwrap();
+            let long = Reader {
+                bytes: &[byte | 0x80, 0],
+            }
+            .long("x")
+            .unwrap();
+            assert_eq!(short, long, "{byte:#04x}");
+        }
+        assert_eq!(Reader { bytes: &[0x7f] }.long("x").unwrap(), -64);
+        assert_eq!(Reader { bytes: &[0x7e] }.long("x").unwrap(), 63);
     }
 
     #[test]
