@@ -87,10 +87,6 @@ fn machine_busy() -> Result<f64, Box<dyn std::error::Error>> {
     Ok(busy as f64 / 100.0)
 }
 
-// The service's allocator (src/main.rs), for librdkafka's allocations as well.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, bootstrap, input, group, count, from, to] = args.as_slice() else {

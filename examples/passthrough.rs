@@ -13,10 +13,6 @@ use std::time::Instant;
 
 use order_milestones::emit::txn;
 
-// The service's allocator (src/main.rs), for librdkafka's allocations as well.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // From the start, as the service is timed: clients, producer id and group join count.
     let started = Instant::now();

@@ -19,6 +19,11 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+// The service's allocator (src/main.rs), for librdkafka's allocations as well: the
+// passthrough and the floor, which include this module, get it from here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Partitions assigned since the loop last looked: it has the fetch queue follow them.
 #[derive(Default)]
 struct Assigned(Mutex<Vec<(String, i32)>>);

@@ -246,9 +246,7 @@ impl Shard {
         }
         match shared.decoder.decode(message.key(), message.payload()) {
             Err(error) if error.is_retriable() => {
-                self.consumed
-                    .entry((input, partition))
-                    .or_insert((offset, offset));
+                self.hold_back(input, partition, offset);
                 return Err(ProcessorError::Registry(error));
             }
             Err(error) => self.dead_letter(shared, message, error.class(), &error)?,
@@ -279,14 +277,19 @@ impl Shard {
         message: &R,
     ) -> Result<(), ProcessorError> {
         let input = shared.input_index(message.topic())?;
-        let (partition, offset) = (message.partition(), message.offset());
         // A partition no longer held is not this member's to rewind.
-        if self.tasks.contains_key(&partition) {
-            self.consumed
-                .entry((input, partition))
-                .or_insert((offset, offset));
+        if self.tasks.contains_key(&message.partition()) {
+            self.hold_back(input, message.partition(), message.offset());
         }
         Ok(())
+    }
+
+    /// The partition counts as consumed from `offset` at the latest (nothing from there on
+    /// processed), so that an abort seeks back to it.
+    fn hold_back(&mut self, input: usize, partition: i32, offset: i64) {
+        self.consumed
+            .entry((input, partition))
+            .or_insert((offset, offset));
     }
 
     /// Applies `event` to its order's graph and produces the change records. Returns why

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::rocks::{RocksOptions, RocksStore};
@@ -173,14 +174,14 @@ impl StateDir {
         if partitions.len() <= 1 {
             return partitions.iter().map(|&p| self.open_partition(p)).collect();
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let next = AtomicUsize::new(0);
         let mut opened: Vec<(usize, OpenedStore)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..THREADS.min(partitions.len()))
                 .map(|_| {
                     scope.spawn(|| {
                         let mut done = Vec::new();
                         loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&partition) = partitions.get(i) else {
                                 return done;
                             };
