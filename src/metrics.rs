@@ -14,6 +14,7 @@
 //! | [`placeholder_confirmed`](Metrics::placeholder_confirmed) | `milestones_placeholders_confirmed_total` |
 //! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log) |
 //! | [`transaction_committed`](Metrics::transaction_committed) | `milestones_transaction_commit_seconds`, `milestones_transactions_total{outcome="committed"}`, `milestones_last_commit_timestamp_seconds` |
+//! | [`commit_phases`](Metrics::commit_phases) | `milestones_commit_phase_seconds{phase}` |
 //! | [`transaction_aborted`](Metrics::transaction_aborted) | `milestones_transactions_total{outcome="aborted"}` (and a `warn` log) |
 //! | [`event_committed`](Metrics::event_committed) | `milestones_occurred_to_commit_seconds`, `milestones_record_to_commit_seconds` |
 //! | [`restore_progress`](Metrics::restore_progress) | `milestones_restore_records_applied{partition}`, `milestones_restore_records_remaining{partition}` |
@@ -55,6 +56,7 @@ pub const MILESTONES_REACHED: &str = "milestones_reached_total";
 pub const DEAD_LETTERS: &str = "milestones_dead_letters_total";
 pub const ORDERS_EXPIRED: &str = "milestones_orders_expired_total";
 pub const TRANSACTION_COMMIT_SECONDS: &str = "milestones_transaction_commit_seconds";
+pub const COMMIT_PHASE_SECONDS: &str = "milestones_commit_phase_seconds";
 pub const LAST_COMMIT_TIMESTAMP_SECONDS: &str = "milestones_last_commit_timestamp_seconds";
 pub const TRANSACTIONS: &str = "milestones_transactions_total";
 pub const OCCURRED_TO_COMMIT_SECONDS: &str = "milestones_occurred_to_commit_seconds";
@@ -79,12 +81,18 @@ pub const LABEL_CLASS: &str = "class";
 pub const LABEL_OUTCOME: &str = "outcome";
 pub const LABEL_ROUTE: &str = "route";
 pub const LABEL_STATUS: &str = "status";
+pub const LABEL_PHASE: &str = "phase";
 
 // Label values that are not data.
 pub const OUTCOME_COMMITTED: &str = "committed";
 pub const OUTCOME_ABORTED: &str = "aborted";
 pub const OUTCOME_COMPLETED: &str = "completed";
 pub const OUTCOME_FAILED: &str = "failed";
+/// The steps of a commit, in order (see [`CommitPhases`]).
+pub const PHASE_PREPARE: &str = "prepare";
+pub const PHASE_FLUSH: &str = "flush";
+pub const PHASE_COMMIT: &str = "commit";
+pub const PHASE_STORE: &str = "store";
 /// The `event_type` under which event types beyond the cardinality guard are counted.
 pub const OTHER_EVENT_TYPE: &str = "other";
 
@@ -111,6 +119,21 @@ const HTTP_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// The steps of one commit, each while the shards wait for it: what the processing of
+/// the next records waits for besides the records themselves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitPhases {
+    /// Producing the changelog records, order views and tombstones of the orders the
+    /// transaction changed, and (at the same time) adding the consumed offsets to it.
+    pub prepare: Duration,
+    /// Waiting for the delivery reports of everything the transaction produced.
+    pub flush: Duration,
+    /// The commit call itself (the transaction's markers written).
+    pub commit: Duration,
+    /// Writing the transaction's state to the stores, after the commit.
+    pub store: Duration,
+}
+
 /// The service's metrics. Cheap to call from the processing loop: counters are atomics;
 /// labelled ones cost a hash lookup.
 pub struct Metrics {
@@ -128,6 +151,8 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     orders_expired: IntCounter,
     transaction_commit_seconds: Histogram,
+    /// Per phase, in [`CommitPhases`]' order.
+    commit_phase_seconds: [Histogram; 4],
     last_commit_timestamp_seconds: Gauge,
     transactions: IntCounterVec,
     occurred_to_commit_seconds: Histogram,
@@ -233,6 +258,24 @@ impl Metrics {
                     .buckets(COMMIT_BUCKETS.to_vec()),
                 )?,
             )?,
+            commit_phase_seconds: {
+                let phases = register(
+                    r,
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            COMMIT_PHASE_SECONDS,
+                            "Time spent in each step of a transaction's commit, in seconds: \
+                             prepare (changelog records, order views and offsets sent), \
+                             flush (delivery reports awaited), commit (the commit call), \
+                             store (state written to the stores).",
+                        )
+                        .buckets(COMMIT_BUCKETS.to_vec()),
+                        &[LABEL_PHASE],
+                    )?,
+                )?;
+                [PHASE_PREPARE, PHASE_FLUSH, PHASE_COMMIT, PHASE_STORE]
+                    .map(|phase| phases.with_label_values(&[phase]))
+            },
             last_commit_timestamp_seconds: register(
                 r,
                 Gauge::new(
@@ -496,6 +539,14 @@ impl Metrics {
         self.transactions
             .with_label_values(&[OUTCOME_COMMITTED])
             .inc();
+    }
+
+    /// How long the steps of a committed transaction's commit took.
+    pub fn commit_phases(&self, phases: &CommitPhases) {
+        let took = [phases.prepare, phases.flush, phases.commit, phases.store];
+        for (histogram, took) in self.commit_phase_seconds.iter().zip(took) {
+            histogram.observe(took.as_secs_f64());
+        }
     }
 
     /// A transaction was aborted because of `error` (its inputs will be processed again);
@@ -839,6 +890,12 @@ mod tests {
         m.dead_letter("order-events", 3, 42, missing.class(), &missing);
         m.orders_expired(2);
         m.transaction_committed(Duration::from_millis(7), 1_796_550_000_123);
+        m.commit_phases(&CommitPhases {
+            prepare: Duration::from_millis(30),
+            flush: Duration::from_millis(6),
+            commit: Duration::from_millis(1),
+            store: Duration::from_millis(20),
+        });
         m.transaction_aborted(&"fenced");
         m.events_committed(&[(1_000, Some(1_500))], 2_000);
         m.consumer_lag("order-events", 3, 17);
@@ -860,6 +917,12 @@ mod tests {
             r#"milestones_transaction_commit_seconds_bucket{le="0.005"} 0"#,
             r#"milestones_transaction_commit_seconds_bucket{le="0.01"} 1"#,
             "milestones_transaction_commit_seconds_count 1",
+            r#"milestones_commit_phase_seconds_bucket{phase="prepare",le="0.025"} 0"#,
+            r#"milestones_commit_phase_seconds_bucket{phase="prepare",le="0.05"} 1"#,
+            r#"milestones_commit_phase_seconds_sum{phase="flush"} 0.006"#,
+            r#"milestones_commit_phase_seconds_sum{phase="commit"} 0.001"#,
+            r#"milestones_commit_phase_seconds_bucket{phase="store",le="0.01"} 0"#,
+            r#"milestones_commit_phase_seconds_count{phase="store"} 1"#,
             "milestones_last_commit_timestamp_seconds 1796550000.123",
             "milestones_occurred_to_commit_seconds_sum 1",
             "milestones_record_to_commit_seconds_sum 0.5",

@@ -90,7 +90,17 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, wo
         metric("milestones_reached_total") + metric("milestones_placeholders_confirmed_total"),
         expected_records.len() as f64
     );
-    assert!(metric("milestones_transactions_total{outcome=\"committed\"}") >= 1.0);
+    let committed = metric("milestones_transactions_total{outcome=\"committed\"}");
+    assert!(committed >= 1.0);
+    // Every commit timed its steps; each step of the run took some time.
+    for phase in ["prepare", "flush", "commit", "store"] {
+        let series = format!("milestones_commit_phase_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(metric(&series), committed, "{series}");
+        let took = metric(&format!(
+            "milestones_commit_phase_seconds_sum{{phase=\"{phase}\"}}"
+        ));
+        assert!(took > 0.0, "{phase} took no time over {committed} commits");
+    }
     // The last commit happened during this run (the gauge has millisecond precision).
     let last_commit = metric("milestones_last_commit_timestamp_seconds");
     assert!(

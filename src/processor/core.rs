@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::api::Health;
 use crate::emit::txn::{self, flush, retrying, TXN_TIMEOUT};
 use crate::ingest::{Batch, InputRecord};
+use crate::metrics::CommitPhases;
 
 use super::shard::{Shard, Shared, Task, Writes};
 use super::ProcessorError;
@@ -300,6 +301,7 @@ impl Core {
         };
         // The offsets go to the transaction (two round trips to the coordinators) while
         // the shards produce their state and views: both only add to the open transaction.
+        let preparing = Instant::now();
         let (prepared, sent) = std::thread::scope(|scope| {
             let sending = metadata.as_ref().map(|metadata| {
                 let (producer, offsets) = (&self.shared.producer, &offsets);
@@ -339,9 +341,12 @@ impl Core {
         sent?;
         let producer = &self.shared.producer;
         let started = Instant::now();
+        let prepare = started - preparing;
         flush(producer, TXN_TIMEOUT);
+        let flushed = Instant::now();
         retrying(TXN_TIMEOUT, || producer.commit_transaction(TXN_TIMEOUT))?;
         let commit_time = started.elapsed();
+        let storing = Instant::now();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -357,6 +362,12 @@ impl Core {
                 shard.committed(shared, writes.take().unwrap_or_default(), &delivered, now)
             },
         );
+        self.shared.metrics.commit_phases(&CommitPhases {
+            prepare,
+            flush: flushed - started,
+            commit: storing - flushed,
+            store: storing.elapsed(),
+        });
         results.into_iter().flatten().collect()
     }
 
