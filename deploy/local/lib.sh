@@ -182,6 +182,19 @@ config_as() {
         -e "s#^dir = .*#dir = \"$state\"#" "$source"
 }
 
+# Prints how many transactions the service at LISTEN committed and the time its commits
+# spent in each step (`milestones_commit_phase_seconds`): "N commits: prepare X s, ...".
+commit_phases() {
+    curl -fsS "http://$1/metrics" | awk '
+        /^milestones_transaction_commit_seconds_count/ {n = $2}
+        /^milestones_commit_phase_seconds_sum/ {
+            match($1, /phase="[a-z]*"/); phase = substr($1, RSTART + 7, RLENGTH - 8)
+            s[phase] = $2
+        }
+        END {printf "%d commits: prepare %.2f s, flush %.2f s, commit %.2f s, store %.2f s\n",
+            n, s["prepare"], s["flush"], s["commit"], s["store"]}'
+}
+
 # Waits until the service with process id $1, serving /metrics at $2 (host:port), has
 # committed $3 input records: its record-to-commit histogram counts each event once, at the
 # commit of the transaction that processed it. Prints when the last transaction committed
