@@ -61,6 +61,10 @@ pub struct FetchQueue<'c> {
     _consumer: PhantomData<&'c ()>,
 }
 
+// SAFETY: librdkafka's queue calls are thread-safe; `consume` and `follow` take `&self`,
+// and the queue lives no longer than its consumer ('c) wherever it is used from.
+unsafe impl Sync for FetchQueue<'_> {}
+
 impl<'c> FetchQueue<'c> {
     /// A new, empty queue of `consumer`.
     pub fn new<C: ConsumerContext>(consumer: &'c BaseConsumer<C>) -> FetchQueue<'c> {

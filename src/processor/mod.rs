@@ -10,9 +10,11 @@
 //!
 //! The member's partitions are spread over `processing.workers` shards ([`shard`]), each
 //! restored partition in the shard holding fewest, whose [`FetchQueue`] its records are
-//! forwarded to. Each turn takes a batch from every shard's queue and processes them at once,
-//! shard 0 on this thread and the others on worker threads; at a commit the shards produce
-//! their state and views at once too. One consumer, one producer and one transaction serve
+//! forwarded to. Each turn runs every shard at once, shard 0 on this thread and the others
+//! on worker threads, each taking batch after batch from its own queue for a slice of 25 ms
+//! (or to the end of the commit interval), so that the shards meet, and wait for each
+//! other, once a slice rather than at every batch; at a commit the shards produce their
+//! state and views at once too. One consumer, one producer and one transaction serve
 //! them all: parallel processing at no extra cost in group members, connections or
 //! transactions (`processing.threads`, several members in one process, costs all three).
 //!
@@ -109,8 +111,8 @@ impl Telemetry {
 /// How long the loop waits for a record before it looks at the clock and the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
 
-/// At most this many records per turn from each shard's fetch queue: a few milliseconds of
-/// work, so that rebalance events and the shutdown flag are looked at soon enough.
+/// At most this many records per batch from a shard's fetch queue: about a millisecond of
+/// work, the longest a turn's slice can run over its end.
 const BATCH: usize = 500;
 
 /// Runs the processor until `shutdown` is set, then commits, closes the stores and leaves
@@ -376,7 +378,7 @@ fn process_until(
         if !registry_down {
             fill(&fetches, &mut batches, fetch_wait);
             polled |= batches.iter().any(|b| !b.is_empty());
-            registry_down = core.process_batches(inputs, &mut batches)?;
+            registry_down = core.process_batches(inputs, &fetches, &mut batches)?;
         }
         if let (false, Some(follower)) = (registry_down, inputs.follower) {
             let wait = if polled { Duration::ZERO } else { POLL };
