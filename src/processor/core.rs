@@ -369,13 +369,13 @@ impl Core {
         }
         sent?;
         let producer = &self.shared.producer;
-        let started = Instant::now();
-        let prepare = started - preparing;
+        let flushing = Instant::now();
         flush(producer, TXN_TIMEOUT);
         let flushed = Instant::now();
         retrying(TXN_TIMEOUT, || producer.commit_transaction(TXN_TIMEOUT))?;
-        let commit_time = started.elapsed();
         let storing = Instant::now();
+        // The commit as the transaction metric counts it: the flush and the commit call.
+        let commit_time = storing - flushing;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -392,8 +392,8 @@ impl Core {
             },
         );
         self.shared.metrics.commit_phases(&CommitPhases {
-            prepare,
-            flush: flushed - started,
+            prepare: flushing - preparing,
+            flush: flushed - flushing,
             commit: storing - flushed,
             store: storing.elapsed(),
         });
