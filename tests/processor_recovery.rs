@@ -81,11 +81,19 @@ impl InProcess {
 
     /// The sum of this instance's metric `name` over its labels.
     fn metric(&self, name: &str) -> f64 {
+        self.metric_where(name, "")
+    }
+
+    /// The sum of this instance's metric `name` over the series whose labels mention
+    /// `label_value` (a topic, ...).
+    fn metric_where(&self, name: &str, label_value: &str) -> f64 {
+        let quoted = format!("\"{label_value}\"");
         self.telemetry
             .metrics
             .encode_text()
             .lines()
             .filter(|l| l.starts_with(name))
+            .filter(|l| label_value.is_empty() || l.contains(&quoted))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -694,6 +702,72 @@ impl RegistryProxy {
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
     }
+}
+
+/// With two input topics and a backlog on the first, the second topic's records are
+/// processed beside the first's, not after them: a second topic's events (a delivery
+/// system's, say) must not wait for a first topic's backlog to drain before customers see
+/// them. Each turn takes batches of both topics' records.
+#[test]
+fn a_second_input_topic_is_not_kept_waiting_behind_a_backlog_of_the_first() {
+    common::require_kafka();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = test_config("backlog", &dir.path().join("state"));
+    config
+        .topics
+        .inputs
+        .push(common::unique_topic("backlog_in_b"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(topics::apply(&config)).expect("topics");
+    let (first, second) = (generated(10_000, "BA"), generated(100, "BB"));
+    let json = |events: &[OrderEvent]| -> Vec<common::pipeline::RawRecord> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    Some(e.order_id.as_bytes().to_vec()),
+                    Some(serde_json::to_vec(e).unwrap()),
+                )
+            })
+            .collect()
+    };
+    produce_raw(&config.topics.inputs[0], &json(&first));
+    produce_raw(&config.topics.inputs[1], &json(&second));
+    let (a, b) = (&config.topics.inputs[0], &config.topics.inputs[1]);
+    let service = start(&config, &runtime);
+    // Events in (committed) per topic, read the moment the second topic's are all in.
+    let topic_in = |topic: &str| service.metric_where("milestones_events_in_total", topic);
+    let until = Instant::now() + Duration::from_secs(120);
+    while topic_in(b) < second.len() as f64 {
+        assert!(
+            Instant::now() < until,
+            "the second topic's records were not all processed: {} of {}",
+            topic_in(b),
+            second.len()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let first_in = topic_in(a);
+    eprintln!(
+        "the second topic's {} records were all in once {first_in} of the first topic's {} were",
+        second.len(),
+        first.len()
+    );
+    while topic_in(a) < first.len() as f64 {
+        assert!(
+            Instant::now() < until,
+            "the first topic's records were not all processed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.stop();
+    assert!(
+        first_in < first.len() as f64 / 2.0,
+        "the second topic's {} records were all in only once {first_in} of the first topic's {} \
+         were: they waited behind its backlog",
+        second.len(),
+        first.len()
+    );
 }
 
 /// Copies `from` to `to` until either closes or the proxy goes down, then closes both.

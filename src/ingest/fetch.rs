@@ -78,9 +78,10 @@ impl<'c> FetchQueue<'c> {
         }
     }
 
-    /// Sends the fetched records of `topic`/`partition` to this queue from now on. The
-    /// partition must be assigned (and should still be paused, so that nothing was fetched
-    /// to the consumer's queue before).
+    /// Sends the fetched records of `topic`/`partition` to this queue from now on. Either
+    /// before the partition is assigned (librdkafka keeps a forwarding the application set
+    /// when the partition's fetcher starts) or while it is assigned and still paused, so
+    /// that nothing was fetched to the consumer's own queue before.
     pub fn follow(&self, topic: &str, partition: i32) -> KafkaResult<()> {
         let name = CString::new(topic).map_err(|_| {
             KafkaError::Subscription(format!("topic name {topic:?} has a NUL byte"))

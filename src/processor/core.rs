@@ -21,7 +21,7 @@ use crate::ingest::{Batch, FetchQueue, InputRecord};
 use crate::metrics::CommitPhases;
 
 use super::shard::{Shard, Shared, Task, Writes};
-use super::ProcessorError;
+use super::{Lanes, ProcessorError};
 
 /// How long a turn's shards go on processing, each from its own queue, before the member
 /// looks at its group consumer (rebalances, errors) and the shutdown flag again: a quarter
@@ -196,13 +196,14 @@ impl Core {
         self.registry_down(inputs, result)
     }
 
-    /// Processes `batches[k]` with shard `k`, all shards at once, inside the open
-    /// transaction (opening one if any batch has a record), then goes on with what comes to
-    /// each shard's queue, `fetches[k]`, until the turn's slice ([`SLICE`], or what is left
-    /// of the commit interval) is over; empties the batches. Each shard runs on its own
-    /// thread for the whole slice, so neither waits for the other at every batch. True
-    /// when the schema registry could not be reached: the transaction was aborted then (its
-    /// records are consumed again) and the caller should wait.
+    /// Processes each shard's batches, all shards at once, inside the open transaction
+    /// (opening one if any batch has a record), then goes on with what comes to the shard's
+    /// fetch queues until the turn's slice ([`SLICE`], or what is left of the commit
+    /// interval) is over; empties the batches. Shard `k`'s queues and batches are its
+    /// `lanes` in `fetches` and `batches` (see [`Lanes`]). Each shard runs on its own thread
+    /// for the whole slice, so neither waits for the other at every batch. True when the
+    /// schema registry could not be reached: the transaction was aborted then (its records
+    /// are consumed again) and the caller should wait.
     ///
     /// Errors: as [`Shard::process`], but for the registry's; fatal errors of the abort.
     pub fn process_batches<'c, C: ConsumerContext>(
@@ -210,39 +211,32 @@ impl Core {
         inputs: &Inputs<'_, C>,
         fetches: &[FetchQueue<'c>],
         batches: &mut [Batch<'c>],
+        lanes: Lanes,
     ) -> Result<bool, ProcessorError> {
         if batches.iter().all(Batch::is_empty) {
             return Ok(false);
         }
         self.begin()?;
-        // The follower's records are polled one at a time between turns: with one, a turn
-        // is one batch, so that they are not kept waiting for a slice each.
-        let slice = match inputs.follower {
-            Some(_) => Duration::ZERO,
-            None => SLICE,
-        };
         let until = self.txn.as_ref().map_or_else(Instant::now, |txn| {
-            (txn.started + self.shared.settings.commit_interval).min(Instant::now() + slice)
+            (txn.started + self.shared.settings.commit_interval).min(Instant::now() + SLICE)
         });
-        let mut queues: Vec<(&FetchQueue<'c>, &mut Batch<'c>)> =
-            fetches.iter().zip(batches.iter_mut()).collect();
+        let mut queues: Vec<(&[FetchQueue<'c>], &mut [Batch<'c>])> = fetches
+            .chunks(lanes.count())
+            .zip(batches.chunks_mut(lanes.count()))
+            .collect();
         let results = fork(
             self.pool.as_ref(),
             &self.shared,
             &mut self.shards,
             &mut queues,
-            |shard, (_, batch)| !batch.is_empty() || !shard.tasks.is_empty(),
-            |shard, (fetch, batch), shared| loop {
-                if !batch.is_empty() {
-                    let result = process_batch(shard, shared, batch);
-                    batch.clear();
-                    result?;
-                }
+            |shard, (_, batches)| batches.iter().any(|b| !b.is_empty()) || !shard.tasks.is_empty(),
+            |shard, (fetches, batches), shared| loop {
+                process_lanes(shard, shared, batches)?;
                 let now = Instant::now();
                 if now >= until {
                     return Ok(());
                 }
-                fetch.consume(until - now, super::BATCH, batch);
+                super::fill(fetches, batches, until - now);
             },
         );
         let mut registry = Ok(());
@@ -453,6 +447,34 @@ impl Core {
             }
         }
     }
+}
+
+/// Processes the batches of a shard's lanes with it, one after the other, and empties them.
+/// When the registry cannot be reached, the records of the lanes after the failing one are
+/// not processed either, as in [`process_batch`].
+fn process_lanes(
+    shard: &mut Shard,
+    shared: &Shared,
+    batches: &mut [Batch<'_>],
+) -> Result<(), ProcessorError> {
+    for k in 0..batches.len() {
+        let result = process_batch(shard, shared, &batches[k]);
+        batches[k].clear();
+        if let Err(error) = result {
+            if matches!(error, ProcessorError::Registry(_)) {
+                for rest in &mut batches[k + 1..] {
+                    for index in 0..rest.len() {
+                        if let Some(Ok(record)) = rest.get(index) {
+                            shard.not_processed(shared, &record)?;
+                        }
+                    }
+                    rest.clear();
+                }
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 /// Processes a batch's records with `shard`, up to the first error. Consumer errors in the

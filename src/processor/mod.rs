@@ -22,7 +22,9 @@
 //! one's partitions, and a follower consumer, outside the group, is assigned the same
 //! partitions of the others once their state is restored. Every event of an order, whatever
 //! its topic, so reaches the one task holding the order's graph, and the offsets of all of
-//! them commit in the transactions under the group.
+//! them commit in the transactions under the group. Each shard has a fetch queue of each
+//! consumer ([`Lanes`]) and takes batches from both in its slices, so that a backlog on one
+//! topic does not hold back the others' records.
 
 mod core;
 mod rebalance;
@@ -110,6 +112,9 @@ impl Telemetry {
 
 /// How long the loop waits for a record before it looks at the clock and the shutdown flag.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How long the start waits for the followed topics' metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
 
 /// At most this many records per batch from a shard's fetch queue: about a millisecond of
 /// work, the longest a turn's slice can run over its end.
@@ -296,9 +301,16 @@ fn member(
     // The group assigns the first input topic's partitions; the follower consumes the same
     // partitions of the others (see `processor::core::Inputs`).
     let follower: Option<Arc<BaseConsumer>> = if t.inputs.len() > 1 {
-        Some(Arc::new(
-            client_config(config, Role::FollowerConsumer).create()?,
-        ))
+        let follower: BaseConsumer = client_config(config, Role::FollowerConsumer).create()?;
+        // The followed topics' leaders, known before their partitions are assigned: else
+        // the fetcher learns them from librdkafka's next periodic metadata refresh, and
+        // the partitions wait for it (measured: half a second after the assignment).
+        for topic in &t.inputs[1..] {
+            if let Err(error) = follower.fetch_metadata(Some(topic), METADATA_WAIT) {
+                warn!(topic, %error, "reading a followed topic's metadata failed; its partitions start once librdkafka refreshes it");
+            }
+        }
+        Some(Arc::new(follower))
     } else {
         None
     };
@@ -353,38 +365,38 @@ fn process_until(
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), ProcessorError> {
     // The group's partitions, once restored, send their records to their shard's fetch
-    // queue; the group member's own poll then serves its events (rebalance callbacks run
-    // inside it, with the core unlocked) and gives a record only in the moment before a
-    // partition is followed.
+    // queue, and so do the follower's: each shard has a lane of each consumer, side by side
+    // in `fetches` (see [`Lanes`]). The group member's own poll then serves its events
+    // (rebalance callbacks run inside it, with the core unlocked) and gives a record only
+    // in the moment before a partition is followed; the follower's gives none.
+    let lanes = Lanes::of(inputs);
     let shards = lock(core).shard_count();
-    let fetches: Vec<FetchQueue<'_>> = (0..shards).map(|_| FetchQueue::new(inputs.group)).collect();
-    let mut batches: Vec<Batch<'_>> = (0..shards).map(|_| Batch::default()).collect();
-    // With a follower, each turn waits only on the follower, and only when the others had
-    // nothing.
-    let fetch_wait = if inputs.follower.is_some() {
-        Duration::ZERO
-    } else {
-        POLL
-    };
+    let mut fetches: Vec<FetchQueue<'_>> = Vec::with_capacity(shards * lanes.count());
+    for _ in 0..shards {
+        fetches.push(FetchQueue::new(inputs.group));
+        if let Some(follower) = inputs.follower {
+            fetches.push(FetchQueue::new(follower));
+        }
+    }
+    let mut batches: Vec<Batch<'_>> = fetches.iter().map(|_| Batch::default()).collect();
     while !stopped() {
         let lead = inputs.group.poll(Duration::ZERO);
-        restore_pending(inputs, core, state_dir, restorer, config, &fetches)?;
+        restore_pending(inputs, core, state_dir, restorer, config, &fetches, lanes)?;
         let mut core = lock(core);
-        let mut polled = lead.is_some();
         let mut registry_down = match lead {
             Some(message) => handle(&mut core, inputs, message)?,
             None => false,
         };
-        if !registry_down {
-            fill(&fetches, &mut batches, fetch_wait);
-            polled |= batches.iter().any(|b| !b.is_empty());
-            registry_down = core.process_batches(inputs, &fetches, &mut batches)?;
-        }
+        // The follower's own queue: its errors and events. Its partitions are followed
+        // before they are assigned, so their records never come this way.
         if let (false, Some(follower)) = (registry_down, inputs.follower) {
-            let wait = if polled { Duration::ZERO } else { POLL };
-            if let Some(message) = follower.poll(wait) {
+            if let Some(message) = follower.poll(Duration::ZERO) {
                 registry_down = handle(&mut core, inputs, message)?;
             }
+        }
+        if !registry_down {
+            fill(&fetches, &mut batches, POLL);
+            registry_down = core.process_batches(inputs, &fetches, &mut batches, lanes)?;
         }
         if registry_down {
             drop(core);
@@ -398,12 +410,45 @@ fn process_until(
     Ok(())
 }
 
-/// How long [`fill`] waits on one shard's queue at a time when none has a record: the most
-/// a record arriving on another shard's queue waits for it.
+/// How a shard's fetch queues lie in the list of all of them: `count` per shard, side by
+/// side, the group's first (`fetches[k * count]`), then, with more than one input topic,
+/// the follower's (`fetches[k * count + 1]`), which every followed topic's partitions of
+/// the shard are sent to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lanes {
+    follower: bool,
+}
+
+impl Lanes {
+    fn of<C: rdkafka::consumer::ConsumerContext>(inputs: &Inputs<'_, C>) -> Lanes {
+        Lanes {
+            follower: inputs.follower.is_some(),
+        }
+    }
+
+    /// Fetch queues per shard.
+    pub fn count(self) -> usize {
+        1 + usize::from(self.follower)
+    }
+
+    /// Where shard `k`'s queue of the group's partitions is.
+    fn group(self, k: usize) -> usize {
+        k * self.count()
+    }
+
+    /// Where shard `k`'s queue of the follower's partitions is, if there is a follower.
+    fn follower(self, k: usize) -> Option<usize> {
+        self.follower.then(|| k * self.count() + 1)
+    }
+}
+
+/// How long [`fill`] waits on one queue at a time when none has a record: the most a record
+/// arriving on another queue waits for it.
 const FILL_WAIT_SLICE: Duration = Duration::from_millis(5);
 
 /// Fills `batches[k]` with what waits in `fetches[k]`, up to [`BATCH`] records each. When
 /// no queue has any, waits up to `wait` for a first record, looking at each queue in turn.
+/// The loop fills every shard's lanes before a turn; a shard fills its own during the turn.
 fn fill<'c>(fetches: &[FetchQueue<'c>], batches: &mut [Batch<'c>], wait: Duration) {
     let mut any = false;
     for (fetch, batch) in fetches.iter().zip(batches.iter_mut()) {
@@ -418,9 +463,13 @@ fn fill<'c>(fetches: &[FetchQueue<'c>], batches: &mut [Batch<'c>], wait: Duratio
         return;
     }
     let deadline = std::time::Instant::now() + wait;
-    while std::time::Instant::now() < deadline {
+    loop {
         for (k, fetch) in fetches.iter().enumerate() {
-            fetch.consume(FILL_WAIT_SLICE, BATCH, &mut batches[k]);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            fetch.consume(FILL_WAIT_SLICE.min(left), BATCH, &mut batches[k]);
             if !batches[k].is_empty() {
                 for (fetch, batch) in fetches.iter().zip(batches.iter_mut()).skip(k + 1) {
                     fetch.consume(Duration::ZERO, BATCH, batch);
@@ -477,9 +526,10 @@ fn retry_restore<T>(
     }
 }
 
-/// Restores the stores of newly assigned partitions, then has their records sent to `fetch`
-/// and resumes them, and assigns the follower the same partitions of the other input topics
-/// from the group's committed offsets.
+/// Restores the stores of newly assigned partitions, then has their records sent to their
+/// shard's fetch queue and resumes them, and assigns the follower the same partitions of
+/// the other input topics from the group's committed offsets, their records sent to the
+/// shard's follower lane from the start.
 fn restore_pending(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
@@ -487,6 +537,7 @@ fn restore_pending(
     restorer: &Restorer,
     config: &Config,
     fetches: &[FetchQueue<'_>],
+    lanes: Lanes,
 ) -> Result<(), ProcessorError> {
     let (pending, metrics, health, orders) = {
         let mut core = lock(core);
@@ -520,6 +571,8 @@ fn restore_pending(
     let changelog = config.changelog_topic();
     let partitions: Vec<i32> = pending.iter().map(|(_, partition)| *partition).collect();
     let stores = state_dir.open_partitions(&partitions);
+    // The followed topics' partitions of the restored ones, from where they start.
+    let mut follow = TopicPartitionList::new();
     for ((topic, partition), store) in pending.into_iter().zip(stores) {
         let (mut store, opened) = store?;
         let outcome = retry_restore(RESTORE_RETRY_FOR, RESTORE_RETRY_FIRST_WAIT, || {
@@ -546,28 +599,34 @@ fn restore_pending(
         orders.serve(partition, store.reader());
         health.partition_ready(partition);
         let shard = lock(core).add_task(partition, Task::new(store)?);
-        let fetch = fetches
-            .get(shard)
-            .ok_or_else(|| ProcessorError::Internal(format!("shard {shard} has no fetch queue")))?;
-        fetch.follow(&topic, partition)?;
+        let lane = |at: Option<usize>| {
+            at.and_then(|at| fetches.get(at)).ok_or_else(|| {
+                ProcessorError::Internal(format!("shard {shard} has no such fetch queue"))
+            })
+        };
+        lane(Some(lanes.group(shard)))?.follow(&topic, partition)?;
         let mut resume = TopicPartitionList::new();
         resume.add_partition(&topic, partition);
         inputs.group.resume(&resume)?;
-        if let Some(follower) = inputs.follower {
-            let mut assign = TopicPartitionList::new();
-            for other in followed_topics {
-                let start = match committed
-                    .find_partition(other, partition)
-                    .map(|e| e.offset())
-                {
-                    Some(Offset::Offset(next)) => Offset::Offset(next),
-                    // Nothing committed yet: where the group member would start.
-                    _ => Offset::Beginning,
-                };
-                assign.add_partition_offset(other, partition, start)?;
-            }
-            follower.incremental_assign(&assign)?;
+        for other in followed_topics {
+            let start = match committed
+                .find_partition(other, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(next)) => Offset::Offset(next),
+                // Nothing committed yet: where the group member would start.
+                _ => Offset::Beginning,
+            };
+            follow.add_partition_offset(other, partition, start)?;
+            // Before the assignment, so that no record goes to the follower's own queue
+            // first: a forwarding set by the application stays when the fetcher starts.
+            lane(lanes.follower(shard))?.follow(other, partition)?;
         }
+    }
+    // In one call, so that the fetcher starts them together, in one offset lookup and one
+    // fetch, rather than adding each to the requests in flight for the ones before it.
+    if let (Some(follower), true) = (inputs.follower, follow.count() > 0) {
+        follower.incremental_assign(&follow)?;
     }
     Ok(())
 }
