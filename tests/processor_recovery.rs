@@ -130,6 +130,65 @@ fn changes_equal_simulate(config: &Config, expected_records: Vec<Value>) {
     assert_same_changes(got.into_iter().map(|(_, v)| v).collect(), expected_records);
 }
 
+/// Each order's change records, read with `read_committed`, are exactly once and in
+/// sequence (1, 2, 3... with no gap), and the last record of each milestone says what the
+/// expected view says of it. For events spread over several input topics, whose records
+/// depend on the order they were consumed in (the views do not): `simulate` gives the
+/// views, not the records.
+fn changes_in_sequence_as_the_views_say(
+    config: &Config,
+    expected_views: &std::collections::BTreeMap<String, Value>,
+) {
+    // Read until every view's milestones have their final record, then once more for as
+    // many records, so that a duplicate coming after them would be seen.
+    let complete = |records: &[(String, Value)]| {
+        let mut last: std::collections::HashMap<(&str, &str), &Value> = Default::default();
+        for (order, change) in records {
+            last.insert(
+                (order, change["milestone"].as_str().unwrap()),
+                &change["inferred"],
+            );
+        }
+        expected_views.iter().all(|(order, view)| {
+            view["milestones"].as_array().unwrap().iter().all(|m| {
+                last.get(&(order.as_str(), m["name"].as_str().unwrap())) == Some(&&m["inferred"])
+            })
+        })
+    };
+    let records = read_until(&config.topics.changes, Duration::from_secs(60), complete);
+    std::thread::sleep(Duration::from_secs(2));
+    let records = read_until(&config.topics.changes, Duration::from_secs(60), |r| {
+        r.len() >= records.len()
+    });
+    let by_order = common::pipeline::by_order(records.into_iter().map(|(_, v)| v).collect());
+    assert_eq!(
+        by_order.len(),
+        expected_views.len(),
+        "orders with change records"
+    );
+    for (order, changes) in &by_order {
+        let sequences: Vec<u64> = changes
+            .iter()
+            .map(|c| c["sequence"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=changes.len() as u64).collect();
+        assert_eq!(sequences, expected, "sequences of order {order}");
+        // The last record of each milestone says what the view says of it.
+        let view = &expected_views[order];
+        for milestone in view["milestones"].as_array().unwrap() {
+            let last = changes
+                .iter()
+                .rev()
+                .find(|c| c["milestone"] == milestone["name"])
+                .unwrap_or_else(|| panic!("{order}: no record of {}", milestone["name"]));
+            assert_eq!(
+                last["inferred"], milestone["inferred"],
+                "{order}: {milestone}"
+            );
+        }
+    }
+}
+
 fn spawn_service(config_file: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_milestones"))
         .args(["run", "--config", config_file.to_str().unwrap()])
@@ -611,54 +670,7 @@ fn two_input_topics_with_a_second_instance_joining_and_leaving() {
     wait_for_views(&first, &expected_views);
     a.stop();
 
-    // Read until every view's milestones have their final record, then once more for as
-    // many records, so that a duplicate coming after them would be seen.
-    let complete = |records: &[(String, Value)]| {
-        let mut last: std::collections::HashMap<(&str, &str), &Value> = Default::default();
-        for (order, change) in records {
-            last.insert(
-                (order, change["milestone"].as_str().unwrap()),
-                &change["inferred"],
-            );
-        }
-        expected_views.iter().all(|(order, view)| {
-            view["milestones"].as_array().unwrap().iter().all(|m| {
-                last.get(&(order.as_str(), m["name"].as_str().unwrap())) == Some(&&m["inferred"])
-            })
-        })
-    };
-    let records = read_until(&first.topics.changes, Duration::from_secs(60), complete);
-    std::thread::sleep(Duration::from_secs(2));
-    let records = read_until(&first.topics.changes, Duration::from_secs(60), |r| {
-        r.len() >= records.len()
-    });
-    let by_order = common::pipeline::by_order(records.into_iter().map(|(_, v)| v).collect());
-    assert_eq!(
-        by_order.len(),
-        expected_views.len(),
-        "orders with change records"
-    );
-    for (order, changes) in &by_order {
-        let sequences: Vec<u64> = changes
-            .iter()
-            .map(|c| c["sequence"].as_u64().unwrap())
-            .collect();
-        let expected: Vec<u64> = (1..=changes.len() as u64).collect();
-        assert_eq!(sequences, expected, "sequences of order {order}");
-        // The last record of each milestone says what the view says of it.
-        let view = &expected_views[order];
-        for milestone in view["milestones"].as_array().unwrap() {
-            let last = changes
-                .iter()
-                .rev()
-                .find(|c| c["milestone"] == milestone["name"])
-                .unwrap_or_else(|| panic!("{order}: no record of {}", milestone["name"]));
-            assert_eq!(
-                last["inferred"], milestone["inferred"],
-                "{order}: {milestone}"
-            );
-        }
-    }
+    changes_in_sequence_as_the_views_say(&first, &expected_views);
 }
 
 /// A TCP proxy in front of the real schema registry that can be taken down (every
@@ -849,6 +861,20 @@ fn newer_writer_datum(schema: &apache_avro::Schema, event: &OrderEvent) -> Vec<u
 /// registry is back every record is processed, exactly once.
 #[test]
 fn an_unreachable_registry_holds_processing_back_and_loses_nothing() {
+    registry_outage(1);
+}
+
+/// As above with two input topics, an order's events spread over both: the records of the
+/// second topic (the follower's, processed in the same turns as the first topic's) are held
+/// back and consumed again as well.
+#[test]
+fn an_unreachable_registry_holds_both_input_topics_back_and_loses_nothing() {
+    registry_outage(2);
+}
+
+/// The registry outage, the events spread over `inputs` input topics, every other one
+/// to the second when there are two.
+fn registry_outage(inputs: usize) {
     common::require_kafka();
     let dir = tempfile::tempdir().expect("dir");
     let registry_url = common::schema_registry_url();
@@ -863,6 +889,12 @@ fn an_unreachable_registry_holds_processing_back_and_loses_nothing() {
     let mut config = test_config("registry_outage", &dir.path().join("state"));
     config.topics.input_format = order_milestones::config::Format::Avro;
     config.schema_registry.url = format!("http://127.0.0.1:{}{path}", proxy.port);
+    if inputs == 2 {
+        config
+            .topics
+            .inputs
+            .push(common::unique_topic("registry_outage_in_b"));
+    }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(common::require_schema_registry());
     runtime.block_on(topics::apply(&config)).expect("topics");
@@ -897,7 +929,17 @@ fn an_unreachable_registry_holds_processing_back_and_loses_nothing() {
 
     proxy.set_up(false);
     let processor = start(&config, &runtime);
-    produce_raw(&config.topics.inputs[0], &records);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for (i, record) in records.into_iter().enumerate() {
+        match (inputs, i % 2) {
+            (2, 1) => second.push(record),
+            _ => first.push(record),
+        }
+    }
+    produce_raw(&config.topics.inputs[0], &first);
+    if inputs == 2 {
+        produce_raw(&config.topics.inputs[1], &second);
+    }
     // Long enough for the processor to meet the records, abort and try again a few times.
     std::thread::sleep(Duration::from_secs(5));
     assert!(!processor.thread.is_finished(), "the processor stopped");
@@ -911,7 +953,10 @@ fn an_unreachable_registry_holds_processing_back_and_loses_nothing() {
     proxy.set_up(true);
     let (expected_records, expected_views) = simulated(&events);
     wait_for_views(&config, &expected_views);
-    changes_equal_simulate(&config, expected_records);
+    match inputs {
+        1 => changes_equal_simulate(&config, expected_records),
+        _ => changes_in_sequence_as_the_views_say(&config, &expected_views),
+    }
     assert_eq!(
         processor.metric("milestones_dead_letters_total"),
         0.0,
