@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    assert_same_changes, produce, produce_raw, read_records_until, read_until, simulated,
-    test_config, write_config,
+    assert_same_changes, json_records, produce, produce_raw, read_records_until, read_until,
+    simulated, test_config, write_config,
 };
 use order_milestones::api::PartitionState;
 use order_milestones::config::Config;
@@ -629,18 +629,16 @@ fn two_input_topics_with_a_second_instance_joining_and_leaving() {
     let events = generated(2000, "M");
     // Every other event goes to the second topic.
     let to_topic = |events: &[OrderEvent]| {
-        let record = |e: &OrderEvent| {
-            (
-                Some(e.order_id.as_bytes().to_vec()),
-                Some(serde_json::to_vec(e).unwrap()),
-            )
-        };
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for (i, e) in events.iter().enumerate() {
-            if i % 2 == 0 { &mut a } else { &mut b }.push(record(e));
-        }
-        produce_raw(&first.topics.inputs[0], &a);
-        produce_raw(&first.topics.inputs[1], &b);
+        let (even, odd): (Vec<_>, Vec<_>) =
+            events.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        produce_raw(
+            &first.topics.inputs[0],
+            &json_records(even.into_iter().map(|(_, e)| e)),
+        );
+        produce_raw(
+            &first.topics.inputs[1],
+            &json_records(odd.into_iter().map(|(_, e)| e)),
+        );
     };
     let (early, late) = events.split_at(events.len() / 2);
     to_topic(early);
@@ -732,19 +730,8 @@ fn a_second_input_topic_is_not_kept_waiting_behind_a_backlog_of_the_first() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(topics::apply(&config)).expect("topics");
     let (first, second) = (generated(10_000, "BA"), generated(100, "BB"));
-    let json = |events: &[OrderEvent]| -> Vec<common::pipeline::RawRecord> {
-        events
-            .iter()
-            .map(|e| {
-                (
-                    Some(e.order_id.as_bytes().to_vec()),
-                    Some(serde_json::to_vec(e).unwrap()),
-                )
-            })
-            .collect()
-    };
-    produce_raw(&config.topics.inputs[0], &json(&first));
-    produce_raw(&config.topics.inputs[1], &json(&second));
+    produce_raw(&config.topics.inputs[0], &json_records(&first));
+    produce_raw(&config.topics.inputs[1], &json_records(&second));
     let (a, b) = (&config.topics.inputs[0], &config.topics.inputs[1]);
     let service = start(&config, &runtime);
     // Events in (committed) per topic, read the moment the second topic's are all in.

@@ -60,16 +60,20 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Produces events as JSON, keyed by order id, with the Java partitioner.
 pub fn produce(config: &Config, events: &[OrderEvent]) {
-    let records: Vec<RawRecord> = events
-        .iter()
+    produce_raw(&config.topics.inputs[0], &json_records(events));
+}
+
+/// Events as the records [`produce`] writes: JSON values keyed by order id.
+pub fn json_records<'e>(events: impl IntoIterator<Item = &'e OrderEvent>) -> Vec<RawRecord> {
+    events
+        .into_iter()
         .map(|e| {
             (
                 Some(e.order_id.as_bytes().to_vec()),
                 Some(serde_json::to_vec(e).expect("JSON")),
             )
         })
-        .collect();
-    produce_raw(&config.topics.inputs[0], &records);
+        .collect()
 }
 
 /// Produces records as given (a key or value may be missing), in order.
