@@ -182,6 +182,11 @@ config_as() {
         -e "s#^dir = .*#dir = \"$state\"#" "$source"
 }
 
+# Prints how many records the `milestones generate` runs whose logs are given produced, in all.
+generated_records() {
+    cat "$@" | sed -n 's/^generate: \([0-9]*\) records.*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
+
 # Prints how many transactions the service at LISTEN committed and the time its commits
 # spent in each step (`milestones_commit_phase_seconds`): "N commits: prepare X s, ...".
 commit_phases() {

@@ -463,11 +463,7 @@ fn process_lanes(
         if let Err(error) = result {
             if matches!(error, ProcessorError::Registry(_)) {
                 for rest in &mut batches[k + 1..] {
-                    for index in 0..rest.len() {
-                        if let Some(Ok(record)) = rest.get(index) {
-                            shard.not_processed(shared, &record)?;
-                        }
-                    }
+                    not_processed_from(shard, shared, rest, 0)?;
                     rest.clear();
                 }
             }
@@ -495,15 +491,26 @@ fn process_batch(
             Some(Ok(record)) => match shard.process(shared, &record) {
                 Ok(()) => {}
                 Err(error @ ProcessorError::Registry(_)) => {
-                    for rest in index + 1..batch.len() {
-                        if let Some(Ok(record)) = batch.get(rest) {
-                            shard.not_processed(shared, &record)?;
-                        }
-                    }
+                    not_processed_from(shard, shared, batch, index + 1)?;
                     return Err(error);
                 }
                 Err(error) => return Err(error),
             },
+        }
+    }
+    Ok(())
+}
+
+/// The batch's records from `start` on are left unprocessed (see [`Shard::not_processed`]).
+fn not_processed_from(
+    shard: &mut Shard,
+    shared: &Shared,
+    batch: &Batch<'_>,
+    start: usize,
+) -> Result<(), ProcessorError> {
+    for index in start..batch.len() {
+        if let Some(Ok(record)) = batch.get(index) {
+            shard.not_processed(shared, &record)?;
         }
     }
     Ok(())

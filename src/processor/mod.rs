@@ -370,14 +370,7 @@ fn process_until(
     // (rebalance callbacks run inside it, with the core unlocked) and gives a record only
     // in the moment before a partition is followed; the follower's gives none.
     let lanes = Lanes::of(inputs);
-    let shards = lock(core).shard_count();
-    let mut fetches: Vec<FetchQueue<'_>> = Vec::with_capacity(shards * lanes.count());
-    for _ in 0..shards {
-        fetches.push(FetchQueue::new(inputs.group));
-        if let Some(follower) = inputs.follower {
-            fetches.push(FetchQueue::new(follower));
-        }
-    }
+    let fetches = lanes.fetch_queues(inputs, lock(core).shard_count());
     let mut batches: Vec<Batch<'_>> = fetches.iter().map(|_| Batch::default()).collect();
     while !stopped() {
         let lead = inputs.group.poll(Duration::ZERO);
@@ -424,6 +417,22 @@ impl Lanes {
         Lanes {
             follower: inputs.follower.is_some(),
         }
+    }
+
+    /// The fetch queues of `shards` shards, laid out as described above.
+    fn fetch_queues<'c, C: rdkafka::consumer::ConsumerContext>(
+        self,
+        inputs: &Inputs<'c, C>,
+        shards: usize,
+    ) -> Vec<FetchQueue<'c>> {
+        let mut fetches = Vec::with_capacity(shards * self.count());
+        for _ in 0..shards {
+            fetches.push(FetchQueue::new(inputs.group));
+            if let Some(follower) = inputs.follower {
+                fetches.push(FetchQueue::new(follower));
+            }
+        }
+        fetches
     }
 
     /// Fetch queues per shard.
