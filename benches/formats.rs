@@ -1,6 +1,7 @@
 //! The record formats per record, with schemas cached (no registry): decoding an event of
-//! ten items (Avro on the direct path, Avro by resolution from an evolved writer schema,
-//! JSON), and encoding a change record and an order view (Avro, JSON).
+//! ten items (Avro on the direct path, Avro from an evolved writer schema by its read plan
+//! and, for a writer schema the plan does not cover, by `apache_avro`'s resolution, JSON),
+//! and encoding a change record and an order view (Avro, JSON).
 //!
 //! `cargo bench --bench formats`. Needs no broker and no registry.
 
@@ -21,6 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const OUR_ID: u32 = 1;
 const EVOLVED_ID: u32 = 2;
+const UNCOVERED_ID: u32 = 3;
 
 fn string(s: &str) -> Value {
     Value::String(s.to_owned())
@@ -87,6 +89,28 @@ fn evolved_schema() -> String {
         serde_json::json!({"name": "channel", "type": ["null", "string"], "default": null}),
     );
     json.to_string()
+}
+
+/// The evolved schema with one more field of a recursive type, which a read plan does not
+/// cover: its records are resolved through `apache_avro`.
+fn uncovered_schema() -> String {
+    let mut json: serde_json::Value = serde_json::from_str(&evolved_schema()).unwrap();
+    json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "trail", "default": null, "type": ["null", {"type": "record", "name": "Hop",
+                "fields": [{"name": "next", "type": ["null", "Hop"]}]}]
+        }));
+    json.to_string()
+}
+
+fn uncovered_value() -> Value {
+    let Value::Record(mut fields) = event_value(true) else {
+        unreachable!("an event is a record")
+    };
+    fields.push(("trail".to_owned(), Value::Union(0, Box::new(Value::Null))));
+    Value::Record(fields)
 }
 
 fn confluent(id: u32, schema: &str, value: Value) -> Vec<u8> {
@@ -159,15 +183,19 @@ fn decode(c: &mut Criterion) {
     let avro = EventDecoder::new(Format::Avro, Some(registry), runtime.handle().clone()).unwrap();
     avro.add_writer_schema(OUR_ID, ORDER_EVENT_SCHEMA);
     avro.add_writer_schema(EVOLVED_ID, &evolved_schema());
+    avro.add_writer_schema(UNCOVERED_ID, &uncovered_schema());
     let json = EventDecoder::new(Format::Json, None, runtime.handle().clone()).unwrap();
 
     let direct = confluent(OUR_ID, ORDER_EVENT_SCHEMA, event_value(false));
-    let resolved = confluent(EVOLVED_ID, &evolved_schema(), event_value(true));
+    let planned = confluent(EVOLVED_ID, &evolved_schema(), event_value(true));
+    let resolved = confluent(UNCOVERED_ID, &uncovered_schema(), uncovered_value());
     let json_payload = json_event();
     let key = Some(&b"112-4839201-7734511"[..]);
     assert_eq!(avro.schema_route(OUR_ID), Some("direct"));
-    assert_eq!(avro.schema_route(EVOLVED_ID), Some("resolved"));
+    assert_eq!(avro.schema_route(EVOLVED_ID), Some("planned"));
+    assert_eq!(avro.schema_route(UNCOVERED_ID), Some("resolved"));
     let expected = avro.decode(key, Some(&direct)).unwrap();
+    assert_eq!(avro.decode(key, Some(&planned)).unwrap(), expected);
     assert_eq!(avro.decode(key, Some(&resolved)).unwrap(), expected);
     assert_eq!(json.decode(key, Some(&json_payload)).unwrap(), expected);
 
@@ -176,9 +204,13 @@ fn decode(c: &mut Criterion) {
     group.bench_function("avro, our schema (direct)", |b| {
         b.iter(|| avro.decode(key, Some(black_box(&direct))).unwrap())
     });
-    group.bench_function("avro, evolved writer (resolved)", |b| {
-        b.iter(|| avro.decode(key, Some(black_box(&resolved))).unwrap())
+    group.bench_function("avro, evolved writer (planned)", |b| {
+        b.iter(|| avro.decode(key, Some(black_box(&planned))).unwrap())
     });
+    group.bench_function(
+        "avro, evolved writer the plan does not cover (resolved)",
+        |b| b.iter(|| avro.decode(key, Some(black_box(&resolved))).unwrap()),
+    );
     group.bench_function("json", |b| {
         b.iter(|| json.decode(key, Some(black_box(&json_payload))).unwrap())
     });

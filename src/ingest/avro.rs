@@ -43,7 +43,7 @@ pub fn split_header(payload: &[u8]) -> Result<(u32, &[u8]), String> {
 ///
 /// Errors: a message naming the field where the bytes stop making sense.
 pub fn read_event(datum: &[u8]) -> Result<OrderEvent, String> {
-    let mut r = Reader { bytes: datum };
+    let mut r = Reader::new(datum);
     let event = OrderEvent {
         event_id: r.string("event_id")?,
         order_id: r.string("order_id")?,
@@ -92,13 +92,36 @@ pub fn read_event(datum: &[u8]) -> Result<OrderEvent, String> {
 }
 
 /// A cursor over Avro binary.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes }
+    }
+
+    /// How many bytes are left.
+    pub(super) fn left(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Steps over `n` bytes.
+    pub(super) fn skip_bytes(&mut self, n: usize, field: &str) -> Result<(), String> {
+        match self.bytes.get(n..) {
+            Some(rest) => {
+                self.bytes = rest;
+                Ok(())
+            }
+            None => Err(format!(
+                "{field}: truncated, {n} bytes to skip with {} left",
+                self.bytes.len()
+            )),
+        }
+    }
+
     /// A zigzag varint `long`.
-    fn long(&mut self, field: &str) -> Result<i64, String> {
+    pub(super) fn long(&mut self, field: &str) -> Result<i64, String> {
         // Most are one byte: string lengths, quantities, counts, union branches.
         if let [byte @ 0..0x80, rest @ ..] = self.bytes {
             self.bytes = rest;
@@ -118,12 +141,12 @@ impl Reader<'_> {
         })
     }
 
-    fn int(&mut self, field: &str) -> Result<i32, String> {
+    pub(super) fn int(&mut self, field: &str) -> Result<i32, String> {
         let value = self.long(field)?;
         i32::try_from(value).map_err(|_| format!("{field}: {value} does not fit an Avro int"))
     }
 
-    fn string(&mut self, field: &str) -> Result<CompactString, String> {
+    pub(super) fn string(&mut self, field: &str) -> Result<CompactString, String> {
         let len = self.long(field)?;
         let len = usize::try_from(len)
             .ok()
@@ -142,7 +165,7 @@ impl Reader<'_> {
 
     /// The item count of the next block of an array or map, `None` at the end marker. A
     /// negative count is followed by the block's size in bytes, which we do not need.
-    fn block(&mut self, field: &str) -> Result<Option<usize>, String> {
+    pub(super) fn block(&mut self, field: &str) -> Result<Option<usize>, String> {
         let count = self.long(field)?;
         if count == 0 {
             return Ok(None);

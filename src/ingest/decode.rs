@@ -13,6 +13,7 @@ use schema_registry_converter::schema_registry_common::SchemaType;
 use serde::{Deserialize, Serialize};
 
 use super::avro::{event_from_value, read_event, split_header, ORDER_EVENT_SCHEMA};
+use super::plan::ReadPlan;
 use super::registry::{RegistryClient, RegistryError};
 use crate::engine::{EventError, OrderEvent};
 
@@ -106,7 +107,10 @@ const UNKNOWN_ID_RECHECK: Duration = Duration::from_secs(60);
 enum Writer {
     /// Same Parsing Canonical Form as our schema: same bytes, read directly.
     Ours,
-    /// Another schema that resolves to ours.
+    /// Another schema that resolves to ours, read by a plan compiled for it.
+    Planned(Box<ReadPlan>),
+    /// Another schema that resolves to ours in a way the plan does not cover: resolved
+    /// through `apache_avro`, record by record.
     Resolving(Box<Schema>),
     Incompatible(String),
     Unknown {
@@ -191,12 +195,14 @@ impl EventDecoder {
     }
 
     /// How records with writer schema `id` are read, once the id is cached: `"direct"` (the
-    /// writer used our schema), `"resolved"` (another schema, resolved to ours),
+    /// writer used our schema), `"planned"` (another schema, read by its plan),
+    /// `"resolved"` (another schema, resolved to ours through `apache_avro`),
     /// `"incompatible"` or `"unknown"`. For logs and tests.
     pub fn schema_route(&self, id: u32) -> Option<&'static str> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
         Some(match writers.get(&id)? {
             Writer::Ours => "direct",
+            Writer::Planned(_) => "planned",
             Writer::Resolving(_) => "resolved",
             Writer::Incompatible(_) => "incompatible",
             Writer::Unknown { .. } => "unknown",
@@ -257,20 +263,8 @@ impl EventDecoder {
         let undecodable = |reason| undecodable_datum(id, reason);
         Some(match writers.get(&id)? {
             Writer::Ours => read_event(datum).map_err(undecodable),
-            Writer::Resolving(writer) => {
-                let mut bytes = datum;
-                GenericDatumReader::builder(writer.as_ref())
-                    .reader_schema(&self.reader)
-                    .build()
-                    .and_then(|reader| reader.read_value(&mut bytes))
-                    .map_err(|e| undecodable(e.to_string()))
-                    .and_then(|value| match bytes.len() {
-                        0 => event_from_value(value).map_err(undecodable),
-                        left => Err(undecodable(format!(
-                            "{left} bytes left after the event: not written with this schema"
-                        ))),
-                    })
-            }
+            Writer::Planned(plan) => plan.read(datum).map_err(undecodable),
+            Writer::Resolving(writer) => resolve(writer, &self.reader, datum).map_err(undecodable),
             Writer::Incompatible(reason) => Err(DecodeError::IncompatibleSchema {
                 id,
                 reason: reason.clone(),
@@ -333,9 +327,34 @@ impl EventDecoder {
             return Writer::Ours;
         }
         match SchemaCompatibility::can_read(&writer, &self.reader) {
-            Ok(_) => Writer::Resolving(Box::new(writer)),
+            Ok(_) => match ReadPlan::compile(&writer) {
+                Some(plan) => Writer::Planned(Box::new(plan)),
+                None => Writer::Resolving(Box::new(writer)),
+            },
             Err(e) => Writer::Incompatible(e.to_string()),
         }
+    }
+}
+
+/// Reads `datum`, written with `writer`, as an event by `apache_avro`'s schema resolution to
+/// `reader` (ours). The way for a writer schema [`ReadPlan`] does not cover, and what the
+/// plan's tests compare it with.
+pub(super) fn resolve(
+    writer: &Schema,
+    reader: &Schema,
+    datum: &[u8],
+) -> Result<OrderEvent, String> {
+    let mut bytes = datum;
+    let value = GenericDatumReader::builder(writer)
+        .reader_schema(reader)
+        .build()
+        .and_then(|reader| reader.read_value(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    match bytes.len() {
+        0 => event_from_value(value),
+        left => Err(format!(
+            "{left} bytes left after the event: not written with this schema"
+        )),
     }
 }
 
@@ -421,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn our_own_schema_reads_directly_and_an_evolved_one_by_resolution() {
+    fn our_own_schema_reads_directly_and_an_evolved_one_by_its_plan() {
         let (runtime, _) = json_decoder();
         let client =
             RegistryClient::new(&super::super::RegistryConfig::new("http://unused")).unwrap();
@@ -433,7 +452,7 @@ mod tests {
             r#"{"name": "channel", "type": ["null", "string"], "default": null},
     {"name": "attributes""#,
         );
-        assert!(matches!(decoder.plan(&extra), Writer::Resolving(_)));
+        assert!(matches!(decoder.plan(&extra), Writer::Planned(_)));
         let no_event_id = ORDER_EVENT_SCHEMA.replace(r#""name": "event_id""#, r#""name": "id""#);
         match decoder.plan(&no_event_id) {
             Writer::Incompatible(reason) => assert!(reason.contains("event_id"), "{reason}"),

@@ -4,7 +4,10 @@
 //!
 //! - `decode`: [`EventDecoder`], the one entry point, and the [`Format`] shared with `emit`.
 //! - `avro`: the Confluent wire format and the event's Avro binary, read directly when the
-//!   writer used our schema, by schema resolution otherwise.
+//!   writer used our schema.
+//! - `plan`: the event's Avro binary under an evolved writer schema, read by a plan compiled
+//!   once per schema (`decode` falls back to `apache_avro`'s resolution for a writer schema
+//!   the plan does not cover).
 //! - `registry`: the schema registry client that `decode` and `emit` share.
 //! - `fetch`: input records from the consumer in batches ([`FetchQueue`]), and the
 //!   [`InputRecord`] the processor reads.
@@ -12,6 +15,7 @@
 pub mod avro;
 mod decode;
 mod fetch;
+mod plan;
 mod registry;
 
 pub use decode::{DecodeError, EventDecoder, Format, FormatError};
