@@ -224,3 +224,16 @@ wait_committed() {
         fi
     done
 }
+
+# The CPU time so far, in seconds, of a JVM's JIT compiler threads (named "C1 CompilerThre..."
+# and "C2 CompilerThre..." in /proc): utime + stime, fields 14 and 15 of each thread's stat.
+jit_seconds() {
+    local pid=$1 task ticks=0 stat fields
+    for task in /proc/"$pid"/task/*; do
+        [[ $(cat "$task/comm" 2>/dev/null) == C[12]\ Compiler* ]] || continue
+        stat=$(cat "$task/stat" 2>/dev/null) || continue
+        read -r -a fields <<<"${stat##*) }"
+        ticks=$((ticks + fields[11] + fields[12]))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
