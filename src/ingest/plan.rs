@@ -23,7 +23,7 @@ use apache_avro::Schema;
 use compact_str::CompactString;
 
 use super::avro::Reader;
-use crate::engine::{Item, OrderEvent};
+use crate::engine::{event, Item, OrderEvent};
 
 /// A writer schema's plan: how to read its records into events.
 #[derive(Debug)]
@@ -152,6 +152,15 @@ enum Skip {
     Union(Vec<Skip>),
 }
 
+/// The fields of our schema without a default: a writer must write them.
+const REQUIRED: [&str; 5] = [
+    "event_id",
+    "order_id",
+    "event_type",
+    "source",
+    "occurred_at",
+];
+
 /// How deep a writer's named types may refer to each other before the plan gives up: a
 /// recursive type (a list of itself) has no finite skip, and resolution handles it.
 const MAX_DEPTH: usize = 32;
@@ -197,15 +206,7 @@ impl ReadPlan {
             };
             steps.push(step);
         }
-        // The fields without a default must be written.
-        let required = [
-            "event_id",
-            "order_id",
-            "event_type",
-            "source",
-            "occurred_at",
-        ];
-        if required.iter().any(|name| !seen.contains(name)) {
+        if REQUIRED.iter().any(|name| !seen.contains(name)) {
             return None;
         }
         Some(ReadPlan { steps })
@@ -222,8 +223,8 @@ impl ReadPlan {
             event_type: CompactString::default(),
             source: CompactString::default(),
             occurred_at: 0,
-            line_of_business: CompactString::const_new("grocery"),
-            marketplace: CompactString::const_new("US"),
+            line_of_business: event::default_line_of_business(),
+            marketplace: event::default_marketplace(),
             customer_id: None,
             items: Vec::new(),
             attributes: BTreeMap::new(),
@@ -760,6 +761,20 @@ mod tests {
                 "{what}: {refused} refused"
             );
         }
+    }
+
+    #[test]
+    fn the_required_fields_are_those_of_our_schema_without_a_default() {
+        let Schema::Record(ours) = Schema::parse_str(ORDER_EVENT_SCHEMA).unwrap() else {
+            panic!("our schema is a record");
+        };
+        let without_default: Vec<&str> = ours
+            .fields
+            .iter()
+            .filter(|f| f.default.is_none())
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(without_default, REQUIRED);
     }
 
     #[test]
