@@ -11,6 +11,7 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use schema_registry_converter::schema_registry_common::SchemaType;
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use super::avro::{event_from_value, read_event, split_header, ORDER_EVENT_SCHEMA};
 use super::plan::ReadPlan;
@@ -251,7 +252,9 @@ impl EventDecoder {
         if let Some(result) = self.decode_known(id, datum) {
             return result;
         }
-        self.remember(id, self.fetch(id)?);
+        let writer = self.fetch(id)?;
+        log_route(id, &writer);
+        self.remember(id, writer);
         self.decode_known(id, datum)
             .unwrap_or_else(|| unreachable!("schema id {id} was just cached"))
     }
@@ -333,6 +336,34 @@ impl EventDecoder {
             },
             Err(e) => Writer::Incompatible(e.to_string()),
         }
+    }
+}
+
+/// Says, once per schema id fetched, how its records are read: an operator sees a producer
+/// whose schema is read the slow way, or not at all, without reading the dead letters.
+fn log_route(id: u32, writer: &Writer) {
+    match writer {
+        Writer::Ours => info!(schema_id = id, "writer schema is ours: read directly"),
+        Writer::Planned(_) => info!(
+            schema_id = id,
+            "writer schema differs from ours: read by a plan compiled for it"
+        ),
+        Writer::Resolving(_) => warn!(
+            schema_id = id,
+            "writer schema is resolved to ours record by record (a recursive type or a \
+             promotion the read plan does not cover): over ten times slower per record"
+        ),
+        Writer::Incompatible(reason) => warn!(
+            schema_id = id,
+            reason,
+            "writer schema cannot be read as an OrderEvent: its records go to the dead-letter topic"
+        ),
+        Writer::Unknown { url, .. } => warn!(
+            schema_id = id,
+            url,
+            "schema id unknown to the registry: its records go to the dead-letter topic until \
+             it is known (asked again after a minute)"
+        ),
     }
 }
 
