@@ -138,6 +138,19 @@ pub struct EventDecoder {
     ours: AtomicU64,
 }
 
+impl Writer {
+    /// How its records are read (see [`EventDecoder::schema_route`]).
+    fn route(&self) -> &'static str {
+        match self {
+            Writer::Ours => "direct",
+            Writer::Planned(_) => "planned",
+            Writer::Resolving(_) => "resolved",
+            Writer::Incompatible(_) => "incompatible",
+            Writer::Unknown { .. } => "unknown",
+        }
+    }
+}
+
 /// An Avro datum under writer schema `id` that cannot be read, and why.
 fn undecodable_datum(id: u32, reason: String) -> DecodeError {
     DecodeError::Undecodable {
@@ -186,12 +199,20 @@ impl EventDecoder {
     }
 
     /// Caches what writer schema `id` is.
+    /// Caches what writer schema `id` is, and says how its records are read when that is
+    /// new (the shards may meet a new id at once, and each fetch it).
     fn remember(&self, id: u32, writer: Writer) {
         let ours = matches!(writer, Writer::Ours);
+        let route = writer.route();
         let mut writers = self.writers.write().unwrap_or_else(|e| e.into_inner());
-        writers.insert(id, writer);
+        let before = writers.insert(id, writer).map(|before| before.route());
         if ours {
             self.ours.store(u64::from(id), Ordering::Release);
+        }
+        if before != Some(route) {
+            if let Some(writer) = writers.get(&id) {
+                log_route(id, writer);
+            }
         }
     }
 
@@ -201,13 +222,7 @@ impl EventDecoder {
     /// `"incompatible"` or `"unknown"`. For logs and tests.
     pub fn schema_route(&self, id: u32) -> Option<&'static str> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
-        Some(match writers.get(&id)? {
-            Writer::Ours => "direct",
-            Writer::Planned(_) => "planned",
-            Writer::Resolving(_) => "resolved",
-            Writer::Incompatible(_) => "incompatible",
-            Writer::Unknown { .. } => "unknown",
-        })
+        writers.get(&id).map(Writer::route)
     }
 
     /// Decodes and validates one record. `key` is the record key (the order id, UTF-8).
@@ -252,9 +267,7 @@ impl EventDecoder {
         if let Some(result) = self.decode_known(id, datum) {
             return result;
         }
-        let writer = self.fetch(id)?;
-        log_route(id, &writer);
-        self.remember(id, writer);
+        self.remember(id, self.fetch(id)?);
         self.decode_known(id, datum)
             .unwrap_or_else(|| unreachable!("schema id {id} was just cached"))
     }
@@ -339,8 +352,8 @@ impl EventDecoder {
     }
 }
 
-/// Says, once per schema id fetched, how its records are read: an operator sees a producer
-/// whose schema is read the slow way, or not at all, without reading the dead letters.
+/// Says how the records of schema id `id` are read: an operator sees a producer whose
+/// schema is read the slow way, or not at all, without reading the dead letters.
 fn log_route(id: u32, writer: &Writer) {
     match writer {
         Writer::Ours => info!(schema_id = id, "writer schema is ours: read directly"),
