@@ -198,7 +198,6 @@ impl EventDecoder {
         self.remember(id, self.plan(schema));
     }
 
-    /// Caches what writer schema `id` is.
     /// Caches what writer schema `id` is, and says how its records are read when that is
     /// new (the shards may meet a new id at once, and each fetch it).
     fn remember(&self, id: u32, writer: Writer) {
