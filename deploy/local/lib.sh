@@ -237,3 +237,20 @@ jit_seconds() {
     done
     awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
+
+# Starts `BIN run --config CONFIG` in the background, its standard error to LOG, the log
+# level from RUST_LOG; its pid in $service, stopped on the script's exit unless
+# stop_service stopped it before.
+start_service() {
+    local bin=$1 config=$2 log=$3
+    "$bin" run --config "$config" 2>"$log" &
+    service=$!
+    trap 'kill -TERM $service 2>/dev/null || true' EXIT
+}
+
+# Stops the service start_service started (SIGTERM, by pid) and waits for it to exit.
+stop_service() {
+    kill -TERM "$service"
+    wait "$service" || true
+    trap - EXIT
+}

@@ -54,32 +54,31 @@ enum Target {
     CustomerId,
 }
 
+/// The event's scalar fields by their names in the schema.
+const TARGETS: [(&str, Target); 8] = [
+    ("event_id", Target::EventId),
+    ("order_id", Target::OrderId),
+    ("event_type", Target::EventType),
+    ("source", Target::Source),
+    ("occurred_at", Target::OccurredAt),
+    ("line_of_business", Target::LineOfBusiness),
+    ("marketplace", Target::Marketplace),
+    ("customer_id", Target::CustomerId),
+];
+
 impl Target {
     fn of(field: &str) -> Option<Target> {
-        Some(match field {
-            "event_id" => Target::EventId,
-            "order_id" => Target::OrderId,
-            "event_type" => Target::EventType,
-            "source" => Target::Source,
-            "occurred_at" => Target::OccurredAt,
-            "line_of_business" => Target::LineOfBusiness,
-            "marketplace" => Target::Marketplace,
-            "customer_id" => Target::CustomerId,
-            _ => return None,
-        })
+        TARGETS
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|&(_, target)| target)
     }
 
     fn name(self) -> &'static str {
-        match self {
-            Target::EventId => "event_id",
-            Target::OrderId => "order_id",
-            Target::EventType => "event_type",
-            Target::Source => "source",
-            Target::OccurredAt => "occurred_at",
-            Target::LineOfBusiness => "line_of_business",
-            Target::Marketplace => "marketplace",
-            Target::CustomerId => "customer_id",
-        }
+        TARGETS
+            .iter()
+            .find(|(_, target)| *target == self)
+            .map_or("", |&(name, _)| name)
     }
 
     /// Whether a written value of this kind resolves to the field. `null` only for the
@@ -195,13 +194,7 @@ impl ReadPlan {
                 }
                 ("attributes", None) => {
                     seen.push("attributes");
-                    match compiler.deref(&field.schema, namespace, 0)? {
-                        (Schema::Map(map), ns) => match compiler.deref(&map.types, ns, 0)?.0 {
-                            Schema::String | Schema::Bytes => Step::Attributes,
-                            _ => return None,
-                        },
-                        _ => return None,
-                    }
+                    compiler.attributes(&field.schema, namespace)?
                 }
                 _ => Step::Skip(compiler.skip(&field.schema, namespace, 0)?),
             };
@@ -468,6 +461,17 @@ impl<'s> Compiler<'s, '_> {
             });
         }
         (asin && qty).then_some(Step::Items(ItemPlan { fields: steps }))
+    }
+
+    /// The attributes: a map of strings (or bytes).
+    fn attributes(&self, schema: &Schema, namespace: NamespaceRef<'_>) -> Option<Step> {
+        let (Schema::Map(map), namespace) = self.deref(schema, namespace, 0)? else {
+            return None;
+        };
+        match self.deref(&map.types, namespace, 0)?.0 {
+            Schema::String | Schema::Bytes => Some(Step::Attributes),
+            _ => None,
+        }
     }
 
     /// How to step over a value of `schema`; `None` for a recursive type.
