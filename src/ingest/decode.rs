@@ -2,8 +2,7 @@
 //! writer's schema looked up in the registry once per schema id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -131,12 +130,18 @@ pub struct EventDecoder {
     /// Writer schemas by id. A `RwLock` and not a `Mutex`: after warm-up every access is a
     /// read. A std lock, not tokio's: it is never held across an await, and a registry call
     /// happens with no lock held.
-    writers: RwLock<HashMap<u32, Writer>>,
-    /// The latest writer schema id found to be ours ([`NO_ID`] before any): its records are
-    /// read with no lock taken. Several threads decode at once, and even a read lock writes
-    /// to the lock's memory, which the cores then pass back and forth at every record.
-    ours: AtomicU64,
+    writers: RwLock<HashMap<u32, Arc<Writer>>>,
+    /// The first [`SETTLED_SLOTS`] schema ids whose route is settled (every route but
+    /// unknown, which is asked again later), filled in order under the `writers` lock: their
+    /// records are read with no lock taken. Several threads decode at once, and even a read
+    /// lock writes to the lock's memory, which the cores then pass back and forth at every
+    /// record.
+    settled: [OnceLock<(u32, Arc<Writer>)>; SETTLED_SLOTS],
 }
+
+/// How many writer schema ids [`EventDecoder`] reads without a lock. A topic's producers
+/// use a few schema versions at a time; ids beyond these are read under the read lock.
+const SETTLED_SLOTS: usize = 8;
 
 impl Writer {
     /// How its records are read (see [`EventDecoder::schema_route`]).
@@ -159,9 +164,6 @@ fn undecodable_datum(id: u32, reason: String) -> DecodeError {
     }
 }
 
-/// [`EventDecoder::ours`] before any schema id is known to be ours: no `u32` id.
-const NO_ID: u64 = u64::MAX;
-
 impl EventDecoder {
     /// Errors: [`FormatError::NoRegistry`] for Avro without a registry. Makes no call.
     pub fn new(
@@ -183,7 +185,7 @@ impl EventDecoder {
             reader_canonical: reader.canonical_form(),
             reader,
             writers: RwLock::new(HashMap::new()),
-            ours: AtomicU64::new(NO_ID),
+            settled: Default::default(),
         })
     }
 
@@ -201,18 +203,32 @@ impl EventDecoder {
     /// Caches what writer schema `id` is, and says how its records are read when that is
     /// new (the shards may meet a new id at once, and each fetch it).
     fn remember(&self, id: u32, writer: Writer) {
-        let ours = matches!(writer, Writer::Ours);
-        let route = writer.route();
+        let writer = Arc::new(writer);
         let mut writers = self.writers.write().unwrap_or_else(|e| e.into_inner());
-        let before = writers.insert(id, writer).map(|before| before.route());
-        if ours {
-            self.ours.store(u64::from(id), Ordering::Release);
+        let before = writers
+            .insert(id, writer.clone())
+            .map(|before| before.route());
+        if before != Some(writer.route()) {
+            log_route(id, &writer);
         }
-        if before != Some(route) {
-            if let Some(writer) = writers.get(&id) {
-                log_route(id, writer);
+        // Under the write lock, so that two threads never give one id two slots.
+        if !matches!(*writer, Writer::Unknown { .. }) && self.settled_writer(id).is_none() {
+            if let Some(free) = self.settled.iter().find(|slot| slot.get().is_none()) {
+                let _ = free.set((id, writer));
             }
         }
+    }
+
+    /// The writer of schema id `id` if its route is settled and it has one of the slots.
+    fn settled_writer(&self, id: u32) -> Option<&Writer> {
+        for slot in &self.settled {
+            match slot.get() {
+                Some((slot_id, writer)) if *slot_id == id => return Some(writer),
+                Some(_) => continue,
+                None => return None, // filled in order: no later slot is set
+            }
+        }
+        None
     }
 
     /// How records with writer schema `id` are read, once the id is cached: `"direct"` (the
@@ -221,7 +237,7 @@ impl EventDecoder {
     /// `"incompatible"` or `"unknown"`. For logs and tests.
     pub fn schema_route(&self, id: u32) -> Option<&'static str> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
-        writers.get(&id).map(Writer::route)
+        writers.get(&id).map(|writer| writer.route())
     }
 
     /// Decodes and validates one record. `key` is the record key (the order id, UTF-8).
@@ -260,8 +276,8 @@ impl EventDecoder {
             reason,
         };
         let (id, datum) = split_header(payload).map_err(undecodable)?;
-        if u64::from(id) == self.ours.load(Ordering::Acquire) {
-            return read_event(datum).map_err(|reason| undecodable_datum(id, reason));
+        if let Some(writer) = self.settled_writer(id) {
+            return self.read_settled(id, writer, datum);
         }
         if let Some(result) = self.decode_known(id, datum) {
             return result;
@@ -275,8 +291,25 @@ impl EventDecoder {
     /// id is due for a recheck).
     fn decode_known(&self, id: u32, datum: &[u8]) -> Option<Result<OrderEvent, DecodeError>> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
+        Some(match &**writers.get(&id)? {
+            Writer::Unknown { since, .. } if since.elapsed() >= UNKNOWN_ID_RECHECK => return None,
+            Writer::Unknown { url, .. } => Err(DecodeError::UnknownSchema {
+                id,
+                url: url.clone(),
+            }),
+            settled => self.read_settled(id, settled, datum),
+        })
+    }
+
+    /// Decodes with a writer whose route is settled (not [`Writer::Unknown`]).
+    fn read_settled(
+        &self,
+        id: u32,
+        writer: &Writer,
+        datum: &[u8],
+    ) -> Result<OrderEvent, DecodeError> {
         let undecodable = |reason| undecodable_datum(id, reason);
-        Some(match writers.get(&id)? {
+        match writer {
             Writer::Ours => read_event(datum).map_err(undecodable),
             Writer::Planned(plan) => plan.read(datum).map_err(undecodable),
             Writer::Resolving(writer) => resolve(writer, &self.reader, datum).map_err(undecodable),
@@ -284,12 +317,11 @@ impl EventDecoder {
                 id,
                 reason: reason.clone(),
             }),
-            Writer::Unknown { since, .. } if since.elapsed() >= UNKNOWN_ID_RECHECK => return None,
             Writer::Unknown { url, .. } => Err(DecodeError::UnknownSchema {
                 id,
                 url: url.clone(),
             }),
-        })
+        }
     }
 
     /// Looks up a writer schema and decides how to read it. Blocks on the registry.
@@ -480,6 +512,71 @@ mod tests {
         let (runtime, _) = json_decoder();
         let error = EventDecoder::new(Format::Avro, None, runtime.handle().clone());
         assert!(matches!(error, Err(FormatError::NoRegistry)));
+    }
+
+    #[test]
+    fn settled_schema_ids_take_the_lock_free_slots_in_order_and_the_rest_read_the_same() {
+        let (runtime, _) = json_decoder();
+        let client =
+            RegistryClient::new(&super::super::RegistryConfig::new("http://unused")).unwrap();
+        let decoder =
+            EventDecoder::new(Format::Avro, Some(client), runtime.handle().clone()).unwrap();
+        // A writer with an optional field after ours: its datum is ours and a null (0).
+        let attributes =
+            r#"{"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}}"#;
+        assert!(
+            ORDER_EVENT_SCHEMA.contains(attributes),
+            "attributes is our last field"
+        );
+        let evolved = ORDER_EVENT_SCHEMA.replace(
+            attributes,
+            &format!(r#"{attributes}, {{"name": "channel", "type": ["null", "string"], "default": null}}"#),
+        );
+        let event = crate::engine::event::test_event("e1", "OrderCreated", 1, &[("B1", 2)]);
+        decoder.remember(
+            42,
+            Writer::Unknown {
+                since: Instant::now(),
+                url: "http://unused".into(),
+            },
+        );
+        let ids = 1..=SETTLED_SLOTS as u32 + 2;
+        for id in ids.clone() {
+            decoder.add_writer_schema(
+                id,
+                if id % 2 == 1 {
+                    ORDER_EVENT_SCHEMA
+                } else {
+                    &evolved
+                },
+            );
+        }
+        for id in ids {
+            let route = if id % 2 == 1 { "direct" } else { "planned" };
+            assert_eq!(decoder.schema_route(id), Some(route), "schema id {id}");
+            assert_eq!(
+                decoder.settled_writer(id).is_some(),
+                id as usize <= SETTLED_SLOTS,
+                "schema id {id}: the first {SETTLED_SLOTS} settled ids have slots, in order"
+            );
+            let mut payload = Vec::new();
+            crate::emit::RecordEncoder::avro_with_schema_id(id)
+                .encode_event(&event, &mut payload)
+                .unwrap();
+            if route == "planned" {
+                payload.push(0); // channel: null
+            }
+            assert_eq!(
+                decoder.decode(Some(b"A"), Some(&payload)).unwrap(),
+                event,
+                "schema id {id}"
+            );
+        }
+        assert!(
+            decoder.settled_writer(42).is_none(),
+            "an unknown id is asked again: no slot"
+        );
+        assert_eq!(decoder.schema_route(42), Some("unknown"));
     }
 
     #[test]
