@@ -18,7 +18,7 @@ use order_milestones::ingest::{EventDecoder, Format, RegistryClient, RegistryCon
 
 /// The service's allocator, so the figures are the service's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
 
 const OUR_ID: u32 = 1;
 const EVOLVED_ID: u32 = 2;

@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
 
 const ORDERS: u32 = 10_000;
 const VALUE_BYTES: usize = 1024;

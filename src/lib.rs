@@ -34,6 +34,7 @@
 //! - `generate`: realistic demo orders (out of order, redelivered) for the demo and benchmarks,
 //!   as JSON lines or produced to an input topic in either format.
 
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod emit;

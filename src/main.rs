@@ -17,7 +17,7 @@ use order_milestones::generate::{self, GenerateConfig, Generator, KafkaTarget};
 use order_milestones::{api, processor, simulate, topics};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
 
 /// order-milestones: tells a customer where their order is.
 #[derive(Parser)]

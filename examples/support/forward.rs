@@ -22,7 +22,7 @@ use rdkafka::ClientContext;
 // The service's allocator (src/main.rs), for librdkafka's allocations as well: the
 // passthrough and the floor, which include this module, get it from here.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
 
 /// Partitions assigned since the loop last looked: it has the fetch queue follow them.
 #[derive(Default)]
