@@ -78,6 +78,11 @@ enum Command {
         /// registered under TOPIC-value) or json; default: topics.input_format.
         #[arg(long)]
         format: Option<String>,
+        /// Avro only: write the events with this schema instead (registered under
+        /// TOPIC-value), as a producer on a newer schema would: fields it adds need
+        /// defaults. For example deploy/local/order_event_v2.avsc.
+        #[arg(long)]
+        writer_schema: Option<PathBuf>,
         /// `occurred_at` of the first order, epoch milliseconds (orders start a minute apart).
         #[arg(long, default_value_t = GenerateConfig::default().start_ms)]
         start_ms: i64,
@@ -212,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             config,
             format,
+            writer_schema,
             start_ms,
             rate,
         } => {
@@ -242,14 +248,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if topic.is_none() && config.is_none() {
                 anyhow::ensure!(
-                    format.is_none() && rate.is_none(),
-                    "--format and --rate are for Kafka: give --topic or --config too (standard \
-                     output is always JSON lines, as fast as it is read)"
+                    format.is_none() && rate.is_none() && writer_schema.is_none(),
+                    "--format, --rate and --writer-schema are for Kafka: give --topic or --config \
+                     too (standard output is always JSON lines, as fast as it is read)"
                 );
                 return generate_to_stdout(generate);
             }
             let config = load_config(config.as_deref())?;
-            let target = KafkaTarget::resolve(&config, topic, format);
+            let mut target = KafkaTarget::resolve(&config, topic, format);
+            if let Some(path) = writer_schema {
+                anyhow::ensure!(
+                    target.format == Format::Avro,
+                    "--writer-schema is for the avro format; topic {} is written as {}",
+                    target.topic,
+                    format_name(target.format)
+                );
+                target.writer_schema = Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("--writer-schema {}", path.display()))?,
+                );
+            }
             let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
             let events = Generator::new(generate.clone());
             let produced = match rate {

@@ -232,14 +232,16 @@ fn bad_arguments_are_one_line_and_exit_1() {
         &["generate", "--topic", "t", "--format", "xml"],
         "--format is xml: give avro or json",
     );
-    assert_refused(
-        &["generate", "--format", "json"],
-        "--format and --rate are for Kafka: give --topic or --config",
-    );
-    assert_refused(
-        &["generate", "--rate", "100"],
-        "--format and --rate are for Kafka: give --topic or --config",
-    );
+    for flag in [
+        ["--format", "json"],
+        ["--rate", "100"],
+        ["--writer-schema", "w.avsc"],
+    ] {
+        assert_refused(
+            &["generate", flag[0], flag[1]],
+            "--format, --rate and --writer-schema are for Kafka: give --topic or --config",
+        );
+    }
     assert_refused(
         &["generate", "--topic", "t", "--rate", "0"],
         "--rate is 0: give events per second above 0",
@@ -247,6 +249,28 @@ fn bad_arguments_are_one_line_and_exit_1() {
     assert_refused(
         &["generate", "--config", &no_registry, "--format", "avro"],
         "needs a schema registry: set schema_registry.url",
+    );
+    assert_refused(
+        &[
+            "generate",
+            "--config",
+            &no_registry,
+            "--writer-schema",
+            "w.avsc",
+        ],
+        "--writer-schema is for the avro format; topic events is written as json",
+    );
+    assert_refused(
+        &[
+            "generate",
+            "--config",
+            &no_registry,
+            "--format",
+            "avro",
+            "--writer-schema",
+            "/nonexistent/w.avsc",
+        ],
+        "--writer-schema /nonexistent/w.avsc",
     );
     assert_refused(
         &["generate", "--config", "/nonexistent/milestones.toml"],

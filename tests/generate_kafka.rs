@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use order_milestones::config::Config;
 use order_milestones::engine::OrderEvent;
 use order_milestones::generate::{produce, GenerateConfig, Generator, KafkaTarget, ProduceError};
+use order_milestones::ingest::avro::ORDER_EVENT_SCHEMA;
 use order_milestones::ingest::{EventDecoder, Format, RegistryClient, RegistryConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -24,6 +25,9 @@ use schema_registry_converter::async_impl::schema_registry::get_all_subjects;
 use tokio::runtime::Runtime;
 
 const PARTITIONS: i32 = 3;
+
+/// The evolved writer schema the pipeline benchmark can load its input with.
+const EVOLVED_SCHEMA: &str = "deploy/local/order_event_v2.avsc";
 
 /// A runtime, after checking the stack is there.
 fn setup() -> Runtime {
@@ -113,12 +117,12 @@ struct RoundTrip {
     a_value: Vec<u8>,
 }
 
-/// Produces `generate` to a new topic in `format` and checks what comes back against the
-/// generator's output.
+/// Produces `generate` to a new topic in `format` (with `writer_schema`, if given) and checks
+/// what comes back against the generator's output.
 fn round_trip(
     runtime: &Runtime,
     test: &str,
-    format: Format,
+    (format, writer_schema): (Format, Option<String>),
     generate: GenerateConfig,
 ) -> RoundTrip {
     let topic = common::unique_topic(test);
@@ -127,6 +131,7 @@ fn round_trip(
     let target = KafkaTarget {
         topic: topic.clone(),
         format,
+        writer_schema,
     };
 
     let produced = produce(
@@ -198,8 +203,12 @@ fn round_trip(
 #[test]
 fn json_events_come_back_as_generated_in_order_per_order() {
     let runtime = setup();
-    let RoundTrip { a_value, .. } =
-        round_trip(&runtime, "generate_json", Format::Json, orders("GJ-", 300));
+    let RoundTrip { a_value, .. } = round_trip(
+        &runtime,
+        "generate_json",
+        (Format::Json, None),
+        orders("GJ-", 300),
+    );
     let value: serde_json::Value = serde_json::from_slice(&a_value).expect("a JSON value");
     let mut fields: Vec<&str> = value
         .as_object()
@@ -233,7 +242,12 @@ fn avro_events_come_back_as_generated_under_the_registered_schema() {
         topic,
         decoder,
         a_value,
-    } = round_trip(&runtime, "generate_avro", Format::Avro, orders("GA-", 300));
+    } = round_trip(
+        &runtime,
+        "generate_avro",
+        (Format::Avro, None),
+        orders("GA-", 300),
+    );
 
     let subjects = runtime
         .block_on(get_all_subjects(&common::sr_settings()))
@@ -249,12 +263,64 @@ fn avro_events_come_back_as_generated_under_the_registered_schema() {
     assert_eq!(decoder.schema_route(schema_id), Some("direct"));
 }
 
+/// `--writer-schema`: the events come back the same, read through the plan the service
+/// compiles for the registered writer schema, which is not ours.
+#[test]
+fn avro_events_written_with_a_newer_schema_come_back_as_generated_through_its_plan() {
+    let runtime = setup();
+    let evolved = std::fs::read_to_string(EVOLVED_SCHEMA).expect("the bench's evolved schema");
+    let RoundTrip {
+        decoder, a_value, ..
+    } = round_trip(
+        &runtime,
+        "generate_evolved",
+        (Format::Avro, Some(evolved)),
+        orders("GE-", 300),
+    );
+    let schema_id = u32::from_be_bytes([a_value[1], a_value[2], a_value[3], a_value[4]]);
+    assert_eq!(decoder.schema_route(schema_id), Some("planned"));
+}
+
+/// A writer schema an event cannot be written with (a field added without a default) is
+/// refused before anything is sent.
+#[test]
+fn a_writer_schema_without_defaults_for_its_new_fields_is_refused() {
+    let runtime = setup();
+    let topic = common::unique_topic("generate_no_default");
+    runtime.block_on(common::create_topic(&topic, PARTITIONS));
+    let attributes =
+        r#"{"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}}"#;
+    let schema = ORDER_EVENT_SCHEMA.replace(
+        attributes,
+        &format!(r#"{attributes}, {{"name": "channel", "type": "string"}}"#),
+    );
+    let target = KafkaTarget {
+        topic: topic.clone(),
+        format: Format::Avro,
+        writer_schema: Some(schema),
+    };
+    let error = produce(
+        &config(),
+        &target,
+        Generator::new(orders("GN-", 3)),
+        runtime.handle(),
+    )
+    .expect_err("a writer schema events cannot be written with");
+    assert!(
+        matches!(error, ProduceError::WriterSchema { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("channel"), "{error}");
+    assert!(consume_all(&topic, 0).is_empty(), "nothing sent");
+}
+
 #[test]
 fn a_missing_topic_is_an_error_before_anything_is_sent() {
     let runtime = setup();
     let target = KafkaTarget {
         topic: common::unique_topic("generate_missing"),
         format: Format::Json,
+        writer_schema: None,
     };
     let error = produce(
         &config(),
@@ -289,6 +355,7 @@ fn refused_records_fail_the_run() {
     let target = KafkaTarget {
         topic: topic.clone(),
         format: Format::Json,
+        writer_schema: None,
     };
     let error = produce(
         &config(),

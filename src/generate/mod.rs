@@ -7,10 +7,13 @@
 //! - this module: [`Generator`], the event stream, with no I/O.
 //! - `produce`: [`produce()`] writes a stream to a Kafka input topic, JSON or Avro, in the
 //!   stream's order.
+//! - `writer`: Avro with another writer schema than ours, as a newer producer writes.
 
 mod produce;
+mod writer;
 
 pub use produce::{produce, KafkaTarget, ProduceError, Produced};
+pub use writer::WriterSchemaError;
 
 use std::collections::BTreeMap;
 

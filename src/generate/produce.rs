@@ -24,6 +24,8 @@ use crate::engine::OrderEvent;
 use crate::ingest::{Format, FormatError, RegistryClient};
 use crate::kafka::{client_config, Role};
 
+use super::writer::{EvolvedWriter, WriterSchemaError};
+
 /// Throughput settings for a bulk load, used unless `kafka.properties` or `kafka.producer`
 /// set them: large lz4 batches, filled for a few milliseconds, and room for a second of
 /// records in the local queue, so the producing thread rarely waits.
@@ -52,6 +54,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct KafkaTarget {
     pub topic: String,
     pub format: Format,
+    /// Avro only: write with this schema (its text) instead of ours, as a producer on a
+    /// newer schema would ([`super::writer`]).
+    pub writer_schema: Option<String>,
 }
 
 impl KafkaTarget {
@@ -61,6 +66,7 @@ impl KafkaTarget {
         KafkaTarget {
             topic: topic.unwrap_or_else(|| config.topics.inputs[0].clone()),
             format: format.unwrap_or(config.topics.input_format),
+            writer_schema: None,
         }
     }
 }
@@ -105,6 +111,11 @@ pub enum ProduceError {
     NoRegistry { topic: String },
     #[error("cannot encode for topic {topic}: {error}")]
     Format { topic: String, error: FormatError },
+    #[error("--writer-schema for topic {topic}: {error}")]
+    WriterSchema {
+        topic: String,
+        error: WriterSchemaError,
+    },
     /// librdkafka refused a record outright (too large for `message.max.bytes`, or the
     /// producer is in a fatal state). Records handed over before it may or may not have
     /// been delivered.
@@ -166,11 +177,28 @@ pub fn produce(
         })?),
         Format::Json => None,
     };
-    let encoder = RecordEncoder::for_events(target.format, topic, registry.as_ref(), runtime)
-        .map_err(|error| ProduceError::Format {
-            topic: topic.to_owned(),
-            error,
-        })?;
+    let writer_schema = |error| ProduceError::WriterSchema {
+        topic: topic.to_owned(),
+        error,
+    };
+    let mut encoder = match (&target.writer_schema, &registry) {
+        (Some(schema), Some(registry)) => Encoder::Evolved(Box::new(
+            EvolvedWriter::new(schema, topic, registry, runtime).map_err(writer_schema)?,
+        )),
+        (Some(_), None) => {
+            return Err(writer_schema(WriterSchemaError::Format(
+                FormatError::NoRegistry,
+            )))
+        }
+        (None, _) => Encoder::Ours(
+            RecordEncoder::for_events(target.format, topic, registry.as_ref(), runtime).map_err(
+                |error| ProduceError::Format {
+                    topic: topic.to_owned(),
+                    error,
+                },
+            )?,
+        ),
+    };
 
     let mut client = client_config(config, Role::Producer);
     for (key, value) in BULK_DEFAULTS {
@@ -191,12 +219,17 @@ pub fn produce(
     let mut value = Vec::with_capacity(1024);
     for event in events {
         value.clear();
-        encoder
-            .encode_event(&event, &mut value)
-            .map_err(|error| ProduceError::Format {
-                topic: topic.to_owned(),
-                error,
-            })?;
+        match &mut encoder {
+            Encoder::Ours(encoder) => {
+                encoder
+                    .encode_event(&event, &mut value)
+                    .map_err(|error| ProduceError::Format {
+                        topic: topic.to_owned(),
+                        error,
+                    })?
+            }
+            Encoder::Evolved(writer) => writer.encode(&event, &mut value).map_err(writer_schema)?,
+        }
         let mut record = BaseRecord::to(topic)
             .key(event.order_id.as_bytes())
             .payload(value.as_slice());
@@ -251,6 +284,12 @@ pub fn produce(
         partitions,
         elapsed,
     })
+}
+
+/// How the events' values are written: with our schema (or JSON), or with another one.
+enum Encoder {
+    Ours(RecordEncoder),
+    Evolved(Box<EvolvedWriter>),
 }
 
 /// The topic's partition count; a clear error when it does not exist (the broker does not
@@ -345,14 +384,16 @@ mod tests {
             KafkaTarget::resolve(&config, None, None),
             KafkaTarget {
                 topic: "a".into(),
-                format: Format::Json
+                format: Format::Json,
+                writer_schema: None,
             }
         );
         assert_eq!(
             KafkaTarget::resolve(&config, Some("t".into()), Some(Format::Avro)),
             KafkaTarget {
                 topic: "t".into(),
-                format: Format::Avro
+                format: Format::Avro,
+                writer_schema: None,
             }
         );
     }
