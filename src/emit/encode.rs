@@ -33,7 +33,7 @@ impl RecordEncoder {
         registry: Option<&RegistryClient>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<RecordEncoder, FormatError> {
-        RecordEncoder::new(
+        RecordEncoder::registering(
             format,
             topic,
             registry,
@@ -53,7 +53,7 @@ impl RecordEncoder {
         registry: Option<&RegistryClient>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<RecordEncoder, FormatError> {
-        RecordEncoder::new(
+        RecordEncoder::registering(
             format,
             topic,
             registry,
@@ -70,7 +70,7 @@ impl RecordEncoder {
         registry: Option<&RegistryClient>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<RecordEncoder, FormatError> {
-        RecordEncoder::new(
+        RecordEncoder::registering(
             format,
             topic,
             registry,
@@ -79,7 +79,9 @@ impl RecordEncoder {
         )
     }
 
-    fn new(
+    /// An encoder for values of `schema` (Avro, named `full_name`), registered under
+    /// `<topic>-value`; for JSON, none. See [`RecordEncoder::for_changes`].
+    pub(crate) fn registering(
         format: Format,
         topic: &str,
         registry: Option<&RegistryClient>,
@@ -143,6 +145,16 @@ impl RecordEncoder {
                 write_view(view, out)
             }
         }
+    }
+
+    /// Appends a value whose Avro datum, under this encoder's schema, is `datum`: the
+    /// Confluent header, then the datum. For Avro encoders only (a JSON one appends the
+    /// datum alone).
+    pub(crate) fn frame_datum(&self, datum: &[u8], out: &mut Vec<u8>) {
+        if let Some(header) = &self.header {
+            out.extend_from_slice(header);
+        }
+        out.extend_from_slice(datum);
     }
 
     /// Appends the value of one input event to `out`, with the contract's field names in

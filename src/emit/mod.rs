@@ -12,5 +12,6 @@ mod avro;
 mod encode;
 pub mod txn;
 
+pub(crate) use avro::write_event;
 pub use avro::{MILESTONE_CHANGE_SCHEMA, ORDER_VIEW_SCHEMA};
 pub use encode::RecordEncoder;

@@ -24,7 +24,7 @@ use crate::engine::OrderEvent;
 use crate::ingest::{Format, FormatError, RegistryClient};
 use crate::kafka::{client_config, Role};
 
-use super::writer::{EvolvedWriter, WriterSchemaError};
+use super::writer::{EvolvedEncoder, WriterSchema, WriterSchemaError};
 
 /// Throughput settings for a bulk load, used unless `kafka.properties` or `kafka.producer`
 /// set them: large lz4 batches, filled for a few milliseconds, and room for a second of
@@ -181,16 +181,20 @@ pub fn produce(
         topic: topic.to_owned(),
         error,
     };
-    let mut encoder = match (&target.writer_schema, &registry) {
-        (Some(schema), Some(registry)) => Encoder::Evolved(Box::new(
-            EvolvedWriter::new(schema, topic, registry, runtime).map_err(writer_schema)?,
-        )),
+    let evolved = match (&target.writer_schema, &registry) {
+        (Some(schema), Some(registry)) => {
+            Some(WriterSchema::register(schema, topic, registry, runtime).map_err(writer_schema)?)
+        }
         (Some(_), None) => {
             return Err(writer_schema(WriterSchemaError::Format(
                 FormatError::NoRegistry,
             )))
         }
-        (None, _) => Encoder::Ours(
+        (None, _) => None,
+    };
+    let mut encoder = match &evolved {
+        Some(schema) => Encoder::Evolved(Box::new(schema.encoder().map_err(writer_schema)?)),
+        None => Encoder::Ours(
             RecordEncoder::for_events(target.format, topic, registry.as_ref(), runtime).map_err(
                 |error| ProduceError::Format {
                     topic: topic.to_owned(),
@@ -287,9 +291,9 @@ pub fn produce(
 }
 
 /// How the events' values are written: with our schema (or JSON), or with another one.
-enum Encoder {
+enum Encoder<'s> {
     Ours(RecordEncoder),
-    Evolved(Box<EvolvedWriter>),
+    Evolved(Box<EvolvedEncoder<'s>>),
 }
 
 /// The topic's partition count; a clear error when it does not exist (the broker does not

@@ -11,10 +11,10 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::emit::RecordEncoder;
+use crate::emit::{write_event, RecordEncoder};
 use crate::engine::OrderEvent;
-use crate::ingest::avro::{HEADER_LEN, MAGIC_BYTE, ORDER_EVENT_SCHEMA};
-use crate::ingest::{FormatError, RegistryClient};
+use crate::ingest::avro::ORDER_EVENT_SCHEMA;
+use crate::ingest::{Format, FormatError, RegistryClient};
 
 /// Why a writer schema cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,28 +31,26 @@ pub enum WriterSchemaError {
     Format(#[from] FormatError),
 }
 
-/// Writes events with a writer schema registered for their topic.
-pub struct EvolvedWriter {
+/// A writer schema, checked and registered for a topic: [`WriterSchema::encoder`] writes
+/// events with it.
+pub struct WriterSchema {
     ours: Schema,
     writer: Schema,
-    /// Our schema's encoder, for the datum to resolve; its header is dropped.
-    our_encoder: RecordEncoder,
-    /// The writer schema's id in the registry.
-    id: u32,
-    datum: Vec<u8>,
+    /// Frames a datum under the writer schema's id.
+    framing: RecordEncoder,
 }
 
-impl EvolvedWriter {
+impl WriterSchema {
     /// Checks that events can be written with `schema` and registers it under
     /// `<topic>-value`. Blocks on the registry through `runtime`: call from a plain thread.
     ///
     /// Errors: see [`WriterSchemaError`].
-    pub fn new(
+    pub fn register(
         schema: &str,
         topic: &str,
         registry: &RegistryClient,
         runtime: &tokio::runtime::Handle,
-    ) -> Result<EvolvedWriter, WriterSchemaError> {
+    ) -> Result<WriterSchema, WriterSchemaError> {
         let parse =
             |text| Schema::parse_str(text).map_err(|e| WriterSchemaError::Parse(e.to_string()));
         let ours = parse(ORDER_EVENT_SCHEMA)?;
@@ -62,46 +60,72 @@ impl EvolvedWriter {
         };
         SchemaCompatibility::can_read(&ours, &writer)
             .map_err(|e| WriterSchemaError::Incompatible(e.to_string()))?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(FormatError::AsyncContext.into());
-        }
         let full_name = record.name.fullname(None);
-        let id = runtime
-            .block_on(registry.register_avro(&format!("{topic}-value"), &full_name, schema))
-            .map_err(FormatError::from)?;
-        Ok(EvolvedWriter {
+        let framing = RecordEncoder::registering(
+            Format::Avro,
+            topic,
+            Some(registry),
+            runtime,
+            (&full_name, schema),
+        )?;
+        Ok(WriterSchema {
             ours,
             writer,
-            our_encoder: RecordEncoder::avro_with_schema_id(0),
-            id,
-            datum: Vec::new(),
+            framing,
         })
     }
 
+    /// An encoder of events under this schema; its resolution is set up once, here.
+    ///
+    /// Errors: `apache_avro` cannot set up the resolution (not expected for a schema
+    /// [`WriterSchema::register`] accepted).
+    pub fn encoder(&self) -> Result<EvolvedEncoder<'_>, WriterSchemaError> {
+        Ok(EvolvedEncoder {
+            resolve: GenericDatumReader::builder(&self.ours)
+                .reader_schema(&self.writer)
+                .build()
+                .map_err(incompatible)?,
+            write: GenericDatumWriter::builder(&self.writer)
+                .build()
+                .map_err(incompatible)?,
+            framing: &self.framing,
+            datum: Vec::new(),
+        })
+    }
+}
+
+fn incompatible(error: apache_avro::Error) -> WriterSchemaError {
+    WriterSchemaError::Incompatible(error.to_string())
+}
+
+/// Writes events with a [`WriterSchema`].
+pub struct EvolvedEncoder<'s> {
+    /// Reads a datum of ours as a value of the writer schema.
+    resolve: GenericDatumReader<'s>,
+    write: GenericDatumWriter<'s>,
+    framing: &'s RecordEncoder,
+    datum: Vec<u8>,
+}
+
+impl EvolvedEncoder<'_> {
     /// Appends `event`'s record value, in the Confluent wire format under the writer
     /// schema, to `out`.
     ///
-    /// Errors: resolution or writing fails (checked compatible when built, so not expected).
+    /// Errors: resolution or writing fails (checked compatible when registered, so not
+    /// expected).
     pub fn encode(
         &mut self,
         event: &OrderEvent,
         out: &mut Vec<u8>,
     ) -> Result<(), WriterSchemaError> {
-        let failed = |e: apache_avro::Error| WriterSchemaError::Incompatible(e.to_string());
         self.datum.clear();
-        self.our_encoder.encode_event(event, &mut self.datum)?;
-        let value = GenericDatumReader::builder(&self.ours)
-            .reader_schema(&self.writer)
-            .build()
-            .and_then(|reader| reader.read_value(&mut &self.datum[HEADER_LEN..]))
-            .map_err(failed)?;
-        let bytes = GenericDatumWriter::builder(&self.writer)
-            .build()
-            .and_then(|writer| writer.write_value_to_vec(value))
-            .map_err(failed)?;
-        out.push(MAGIC_BYTE);
-        out.extend_from_slice(&self.id.to_be_bytes());
-        out.extend_from_slice(&bytes);
+        write_event(event, &mut self.datum);
+        let value = self
+            .resolve
+            .read_value(&mut self.datum.as_slice())
+            .map_err(incompatible)?;
+        let datum = self.write.write_value_to_vec(value).map_err(incompatible)?;
+        self.framing.frame_datum(&datum, out);
         Ok(())
     }
 }

@@ -277,7 +277,7 @@ impl EventDecoder {
         };
         let (id, datum) = split_header(payload).map_err(undecodable)?;
         if let Some(writer) = self.settled_writer(id) {
-            return self.read_settled(id, writer, datum);
+            return self.read_with(id, writer, datum);
         }
         if let Some(result) = self.decode_known(id, datum) {
             return result;
@@ -291,23 +291,14 @@ impl EventDecoder {
     /// id is due for a recheck).
     fn decode_known(&self, id: u32, datum: &[u8]) -> Option<Result<OrderEvent, DecodeError>> {
         let writers = self.writers.read().unwrap_or_else(|e| e.into_inner());
-        Some(match &**writers.get(&id)? {
-            Writer::Unknown { since, .. } if since.elapsed() >= UNKNOWN_ID_RECHECK => return None,
-            Writer::Unknown { url, .. } => Err(DecodeError::UnknownSchema {
-                id,
-                url: url.clone(),
-            }),
-            settled => self.read_settled(id, settled, datum),
-        })
+        match &**writers.get(&id)? {
+            Writer::Unknown { since, .. } if since.elapsed() >= UNKNOWN_ID_RECHECK => None,
+            writer => Some(self.read_with(id, writer, datum)),
+        }
     }
 
-    /// Decodes with a writer whose route is settled (not [`Writer::Unknown`]).
-    fn read_settled(
-        &self,
-        id: u32,
-        writer: &Writer,
-        datum: &[u8],
-    ) -> Result<OrderEvent, DecodeError> {
+    /// Decodes with what is known of writer schema `id`.
+    fn read_with(&self, id: u32, writer: &Writer, datum: &[u8]) -> Result<OrderEvent, DecodeError> {
         let undecodable = |reason| undecodable_datum(id, reason);
         match writer {
             Writer::Ours => read_event(datum).map_err(undecodable),
