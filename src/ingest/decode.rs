@@ -452,6 +452,16 @@ mod tests {
         (runtime, decoder)
     }
 
+    /// An Avro decoder whose registry is never called: the tests teach it their schemas.
+    fn avro_decoder() -> (tokio::runtime::Runtime, EventDecoder) {
+        let (runtime, _) = json_decoder();
+        let client =
+            RegistryClient::new(&super::super::RegistryConfig::new("http://unused")).unwrap();
+        let decoder =
+            EventDecoder::new(Format::Avro, Some(client), runtime.handle().clone()).unwrap();
+        (runtime, decoder)
+    }
+
     const EVENT: &str = r#"{"event_id":"e1","order_id":"A","event_type":"OrderCreated","source":"ordering","occurred_at":1700000000000}"#;
 
     #[test]
@@ -507,11 +517,7 @@ mod tests {
 
     #[test]
     fn settled_schema_ids_take_the_lock_free_slots_in_order_and_the_rest_read_the_same() {
-        let (runtime, _) = json_decoder();
-        let client =
-            RegistryClient::new(&super::super::RegistryConfig::new("http://unused")).unwrap();
-        let decoder =
-            EventDecoder::new(Format::Avro, Some(client), runtime.handle().clone()).unwrap();
+        let (_runtime, decoder) = avro_decoder();
         // A writer with an optional field after ours: its datum is ours and a null (0).
         let attributes =
             r#"{"name": "attributes", "type": {"type": "map", "values": "string"}, "default": {}}"#;
@@ -572,11 +578,7 @@ mod tests {
 
     #[test]
     fn our_own_schema_reads_directly_and_an_evolved_one_by_its_plan() {
-        let (runtime, _) = json_decoder();
-        let client =
-            RegistryClient::new(&super::super::RegistryConfig::new("http://unused")).unwrap();
-        let decoder =
-            EventDecoder::new(Format::Avro, Some(client), runtime.handle().clone()).unwrap();
+        let (_runtime, decoder) = avro_decoder();
         assert!(matches!(decoder.plan(ORDER_EVENT_SCHEMA), Writer::Ours));
         let extra = ORDER_EVENT_SCHEMA.replace(
             r#"{"name": "attributes""#,
