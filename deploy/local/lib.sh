@@ -225,6 +225,18 @@ wait_committed() {
     done
 }
 
+# The whole machine's busy CPU time so far, in core-seconds (/proc/stat: user, nice, system,
+# irq, softirq, steal): the broker's, the registry's and the client's alike.
+busy() { awk '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
+
+# The CPU time so far, in seconds, of one process (utime + stime, fields 14 and 15).
+process_seconds() {
+    local stat fields
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    read -r -a fields <<<"${stat##*) }"
+    awk -v t="$((fields[11] + fields[12]))" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
 # The CPU time so far, in seconds, of a JVM's JIT compiler threads (named "C1 CompilerThre..."
 # and "C2 CompilerThre..." in /proc): utime + stime, fields 14 and 15 of each thread's stat.
 jit_seconds() {
