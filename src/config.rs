@@ -143,6 +143,13 @@ pub struct ProcessingConfig {
     /// producer. 0, the default, is one per CPU core the process may use.
     #[serde(default)]
     pub workers: u16,
+    /// How many events of a partition after an order's last event its state and view are
+    /// written out (changelog and status records produced, the graph dropped) instead of at
+    /// the commit, while the graph is still in the processor's cache. An order that gets
+    /// another event later in the transaction is written out again. 0: only at the commit.
+    /// Default 256.
+    #[serde(default = "default_write_out_after_events")]
+    pub write_out_after_events: u32,
 }
 
 /// The most processing threads (members times workers) one instance may run.
@@ -217,6 +224,9 @@ fn default_max_event_streams() -> usize {
 fn default_threads() -> u16 {
     1
 }
+fn default_write_out_after_events() -> u32 {
+    256
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -252,6 +262,7 @@ impl Default for ProcessingConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             threads: default_threads(),
             workers: 0,
+            write_out_after_events: default_write_out_after_events(),
         }
     }
 }

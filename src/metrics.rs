@@ -10,6 +10,7 @@
 //! | [`event_in`](Metrics::event_in) | `milestones_events_in_total{topic, event_type}` |
 //! | [`duplicate_event`](Metrics::duplicate_event) | `milestones_duplicate_events_total` |
 //! | [`out_of_order_event`](Metrics::out_of_order_event) | `milestones_out_of_order_events_total` |
+//! | [`order_read_back`](Metrics::order_read_back) | `milestones_orders_read_back_total` |
 //! | [`milestone_reached`](Metrics::milestone_reached) | `milestones_reached_total{milestone, inferred}`, `milestones_placeholders_inferred_total` |
 //! | [`placeholder_confirmed`](Metrics::placeholder_confirmed) | `milestones_placeholders_confirmed_total` |
 //! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log) |
@@ -50,6 +51,7 @@ use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
 pub const EVENTS_IN: &str = "milestones_events_in_total";
 pub const DUPLICATE_EVENTS: &str = "milestones_duplicate_events_total";
 pub const OUT_OF_ORDER_EVENTS: &str = "milestones_out_of_order_events_total";
+pub const ORDERS_READ_BACK: &str = "milestones_orders_read_back_total";
 pub const PLACEHOLDERS_INFERRED: &str = "milestones_placeholders_inferred_total";
 pub const PLACEHOLDERS_CONFIRMED: &str = "milestones_placeholders_confirmed_total";
 pub const MILESTONES_REACHED: &str = "milestones_reached_total";
@@ -145,6 +147,7 @@ pub struct Metrics {
     event_types: Mutex<EventTypes>,
     duplicate_events: IntCounter,
     out_of_order_events: IntCounter,
+    orders_read_back: IntCounter,
     placeholders_inferred: IntCounter,
     placeholders_confirmed: IntCounter,
     milestones_reached: IntCounterVec,
@@ -204,6 +207,15 @@ impl Metrics {
                 IntCounter::new(
                     OUT_OF_ORDER_EVENTS,
                     "Events that arrived after an event of the same order that occurred later.",
+                )?,
+            )?,
+            orders_read_back: register(
+                r,
+                IntCounter::new(
+                    ORDERS_READ_BACK,
+                    "Orders that got another event after they were written out in the same \
+                     transaction (processing.write_out_after_events): read back from their \
+                     state and written out again.",
                 )?,
             )?,
             placeholders_inferred: register(
@@ -487,6 +499,12 @@ impl Metrics {
         self.out_of_order_events.inc();
     }
 
+    /// An order that got another event after it was written out in the same transaction:
+    /// read back from its state, to be written out again.
+    pub fn order_read_back(&self) {
+        self.orders_read_back.inc();
+    }
+
     /// A milestone newly reached by an order: a change record that is not a confirmation.
     /// `inferred` milestones (placeholders) also count in `milestones_placeholders_inferred_total`.
     pub fn milestone_reached(&self, milestone: &str, inferred: bool) {
@@ -741,7 +759,8 @@ fn saturating_i64(value: u64) -> i64 {
 /// count at once on several threads, and a shared atomic counter incremented per event
 /// would have the cores pass its memory back and forth. Counts exactly as
 /// [`Metrics::event_in`], [`Metrics::milestone_reached`], [`Metrics::duplicate_event`],
-/// [`Metrics::out_of_order_event`] and [`Metrics::placeholder_confirmed`] do.
+/// [`Metrics::out_of_order_event`], [`Metrics::order_read_back`] and
+/// [`Metrics::placeholder_confirmed`] do.
 #[derive(Default)]
 pub struct LocalCounters {
     /// Per input topic (its index among the inputs), per event type.
@@ -750,6 +769,7 @@ pub struct LocalCounters {
     reached: [FxHashMap<CompactString, Pending>; 2],
     duplicates: u64,
     out_of_order: u64,
+    read_back: u64,
     placeholders_inferred: u64,
     placeholders_confirmed: u64,
 }
@@ -792,6 +812,11 @@ impl LocalCounters {
         self.out_of_order += 1;
     }
 
+    /// [`Metrics::order_read_back`].
+    pub fn order_read_back(&mut self) {
+        self.read_back += 1;
+    }
+
     /// [`Metrics::placeholder_confirmed`].
     pub fn placeholder_confirmed(&mut self) {
         self.placeholders_confirmed += 1;
@@ -809,6 +834,7 @@ impl LocalCounters {
         for (counter, count) in [
             (&metrics.duplicate_events, &mut self.duplicates),
             (&metrics.out_of_order_events, &mut self.out_of_order),
+            (&metrics.orders_read_back, &mut self.read_back),
             (
                 &metrics.placeholders_inferred,
                 &mut self.placeholders_inferred,

@@ -12,19 +12,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::pipeline::{assert_same_changes, produce, read_until, simulated, test_config};
+use order_milestones::config::Config;
 use order_milestones::engine::{Engine, OrderEvent, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
 use order_milestones::{processor, topics};
 use serde_json::Value;
 
-/// Runs the processor (with `threads` processing threads, each with `workers` shards) over
-/// `events` and compares its outputs with simulate's.
-fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, workers: u16) {
+/// What a run of the processor left to look at.
+struct Run {
+    /// How many order views it wrote to the status topic.
+    views: usize,
+    /// Its metrics, in Prometheus' text format.
+    metrics: String,
+}
+
+impl Run {
+    /// The sum of the series of the metrics whose lines start with `name`.
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Runs the processor, configured by `configure`, over `events` and compares its outputs
+/// with simulate's.
+fn processes_like_simulate(
+    test: &str,
+    events: Vec<OrderEvent>,
+    configure: impl FnOnce(&mut Config),
+) -> Run {
     common::require_kafka();
     let state = tempfile::tempdir().expect("state dir");
     let mut config = test_config(test, state.path());
-    config.processing.threads = threads;
-    config.processing.workers = workers;
+    configure(&mut config);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(topics::apply(&config)).expect("topics");
     produce(&config, &events);
@@ -66,16 +89,12 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, wo
         .expect("processor stopped cleanly");
 
     assert!(!views.is_empty());
-    // What the metrics counted is what happened.
-    let metric = |name: &str| -> f64 {
-        telemetry
-            .metrics
-            .encode_text()
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let run = Run {
+        views: views.len(),
+        metrics: telemetry.metrics.encode_text(),
     };
+    // What the metrics counted is what happened.
+    let metric = |name: &str| run.metric(name);
     // An event is its event id within its order.
     let distinct: std::collections::HashSet<(&str, &str)> = events
         .iter()
@@ -113,6 +132,15 @@ fn processes_like_simulate(test: &str, events: Vec<OrderEvent>, threads: u16, wo
         changes.into_iter().map(|(_, v)| v).collect(),
         expected_records,
     );
+    run
+}
+
+/// `processing.threads` and `processing.workers`.
+fn parallelism(threads: u16, workers: u16) -> impl FnOnce(&mut Config) {
+    move |config| {
+        config.processing.threads = threads;
+        config.processing.workers = workers;
+    }
 }
 
 #[test]
@@ -149,7 +177,7 @@ fn worked_scenarios_through_kafka_equal_simulate() {
         }
     }
     // One shard: the processing thread alone, no worker thread.
-    processes_like_simulate("scenarios", events, 1, 1);
+    processes_like_simulate("scenarios", events, parallelism(1, 1));
 }
 
 #[test]
@@ -163,7 +191,7 @@ fn thousands_of_generated_orders_through_kafka_equal_simulate() {
     assert!(events.len() > 15_000);
     // Four shards over the topic's three partitions (one shard holds none), on more worker
     // threads than this machine may have cores: the same answer whatever the split.
-    processes_like_simulate("generated", events, 1, 4);
+    processes_like_simulate("generated", events, parallelism(1, 4));
 }
 
 /// Two processing threads, each a member of the group with its own partitions and
@@ -176,5 +204,35 @@ fn two_processing_threads_equal_simulate() {
         ..GenerateConfig::default()
     })
     .collect();
-    processes_like_simulate("threads", events, 2, 2);
+    processes_like_simulate("threads", events, parallelism(2, 2));
+}
+
+/// Orders written out three events of their partition after their last one, so nearly at
+/// every event (200 orders in flight over three partitions), and read back from their
+/// written state at the next: the same answer as when written out at the commit.
+#[test]
+fn orders_written_out_and_read_back_within_a_transaction_equal_simulate() {
+    let orders = 1000;
+    let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
+        orders,
+        in_flight: 200,
+        order_prefix: format!("W{}-", std::process::id()),
+        ..GenerateConfig::default()
+    })
+    .collect();
+    let run = processes_like_simulate("written-out", events, |config| {
+        config.processing.workers = 2;
+        config.processing.write_out_after_events = 3;
+    });
+    // Read back at nearly every event (about ten per order) and written out again.
+    let read_back = run.metric("milestones_orders_read_back_total");
+    assert!(
+        read_back >= 5.0 * orders as f64,
+        "{read_back} orders read back for {orders} orders"
+    );
+    assert!(
+        run.views >= 5 * orders as usize,
+        "{} views for {orders} orders",
+        run.views
+    );
 }

@@ -277,6 +277,7 @@ fn member(
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
         finished_retention_ms: i64::try_from(config.state.finished_retention_ms)
             .unwrap_or(i64::MAX),
+        write_out_after: config.processing.write_out_after_events as usize,
     };
     // SAFETY: `Shared` declares `topics` before `producer`, so drops them first.
     let topics = unsafe { OutputTopics::new(&producer, &outputs)? };

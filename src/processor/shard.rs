@@ -7,10 +7,12 @@
 //!
 //! What a shard does for the transaction happens in three steps, which [`super::core::Core`]
 //! runs for all shards at once: [`Shard::process`] for each record (decode, apply, change
-//! records), [`Shard::prepare`] at commit (changelog records, order views, retention
-//! tombstones), then [`Shard::committed`] (the store writes) or [`Shard::aborted`].
+//! records; and the changelog record and view of each order whose last event is
+//! [`Settings::write_out_after`] events of its partition back), [`Shard::prepare`] at commit
+//! (changelog records and views of the orders not written out yet, retention tombstones),
+//! then [`Shard::committed`] (the store writes) or [`Shard::aborted`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -58,6 +60,13 @@ pub(crate) struct Settings {
     pub commit_interval: Duration,
     /// How long a finished order stays in state after its last event, in stream time (ms).
     pub finished_retention_ms: i64,
+    /// How many events of a partition after an order's last one the order is written out
+    /// (its state encoded, its changelog record and view produced, its graph dropped)
+    /// rather than at the commit; 0 for at the commit only. An order's events come close
+    /// together, and a transaction's graphs, megabytes under a backlog, are out of the
+    /// processor's cache by the time the commit would read them again. An order that gets
+    /// another event after that is read back from its written state and written out again.
+    pub write_out_after: usize,
 }
 
 /// The producer's handles of the output topics records are sent to per order.
@@ -114,13 +123,29 @@ impl Shared {
     }
 }
 
+/// An order the open transaction changed.
+pub(crate) enum Changed {
+    /// Its graph, which may get more events; `touched` counts the partition's events up to
+    /// its last one ([`Task::touches`]).
+    Open { graph: OrderGraph, touched: u64 },
+    /// Written out ([`Settings::write_out_after`]): its changelog record and view are produced, and
+    /// this is its state, for the store once the transaction commits.
+    Written(Vec<u8>),
+}
+
 /// One assigned input partition.
 pub(crate) struct Task {
     pub store: RocksStore,
-    /// The graphs the open transaction changed: read from the store once, written back
+    /// The orders the open transaction changed: read from the store once, written back
     /// only after the transaction commits, so that the store never holds what an aborted
     /// transaction did. Keyed by order id with a fast hash: looked up at every event.
-    pub dirty: FxHashMap<CompactString, OrderGraph>,
+    pub dirty: FxHashMap<CompactString, Changed>,
+    /// The orders of the partition's last [`Settings::write_out_after`] events, oldest first,
+    /// each with the count of its event: an order whose last event leaves this window is
+    /// written out.
+    recent: VecDeque<(CompactString, u64)>,
+    /// The events the partition processed since it was assigned.
+    touches: u64,
     /// The partition's stream time: the latest `occurred_at` among the events it processed
     /// (epoch ms). Retention is measured against it, not against the wall clock, so a replay
     /// of old input decides exactly as the first run did. Kept in the store and the
@@ -147,11 +172,84 @@ impl Task {
         Ok(Task {
             store,
             dirty: FxHashMap::default(),
+            recent: VecDeque::new(),
+            touches: 0,
             stream_time,
             committed_stream_time: stream_time,
             sweep_from: Vec::new(),
         })
     }
+
+    /// Notes an event of the open order `order_id` (whose `touched` is [`Task::touches`]),
+    /// then writes out the orders whose last event left the window of the partition's last
+    /// [`Settings::write_out_after`] events.
+    fn touched(
+        &mut self,
+        shared: &Shared,
+        partition: i32,
+        order_id: &CompactString,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), ProcessorError> {
+        let window = shared.settings.write_out_after;
+        if window == 0 {
+            return Ok(());
+        }
+        self.recent.push_back((order_id.clone(), self.touches));
+        self.touches += 1;
+        while self.recent.len() > window {
+            let Some((order_id, touch)) = self.recent.pop_front() else {
+                break;
+            };
+            let Some(changed) = self.dirty.get_mut(&order_id) else {
+                continue;
+            };
+            match changed {
+                Changed::Open { graph, touched } if *touched == touch => {
+                    let state = write_out(shared, partition, &order_id, graph, buffer)?;
+                    *changed = Changed::Written(state); // the graph is dropped while in cache
+                }
+                _ => {} // written out already, or it had an event since
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets what the open transaction changed, once it committed or aborted.
+    fn clear_changes(&mut self) {
+        self.dirty.clear();
+        self.recent.clear();
+    }
+}
+
+/// Produces the order's changelog record and view, in the open transaction, and returns its
+/// state for the store.
+fn write_out(
+    shared: &Shared,
+    partition: i32,
+    order_id: &str,
+    graph: &OrderGraph,
+    buffer: &mut Vec<u8>,
+) -> Result<Vec<u8>, ProcessorError> {
+    let Shared {
+        engine,
+        producer,
+        views,
+        topics,
+        ..
+    } = shared;
+    let key = order_id.as_bytes();
+    let state = codec::to_bytes(graph);
+    send_to(
+        producer,
+        &topics.changelog,
+        Some(partition),
+        key,
+        Some(&state),
+    )?;
+    buffer.clear();
+    views.encode_view(&engine.view(graph), buffer)?;
+    send_to(producer, &topics.status, None, key, Some(buffer))?;
+    Ok(state)
 }
 
 fn decode_stream_time(bytes: &[u8]) -> Option<i64> {
@@ -326,32 +424,43 @@ impl Shard {
         let expired = |graph: Option<&OrderGraph>| {
             late && graph.is_none_or(|g| engine.finished_at(g).is_some_and(|at| at < horizon))
         };
-        if !task.dirty.contains_key(&event.order_id) {
-            let stored =
-                match task.store.get(event.order_id.as_bytes())? {
-                    Some(bytes) => Some(codec::decode(&bytes).map_err(|error| {
-                        ProcessorError::CorruptState {
-                            partition,
-                            order_id: event.order_id.to_string(),
-                            error,
-                        }
-                    })?),
+        let corrupt = |error| ProcessorError::CorruptState {
+            partition,
+            order_id: event.order_id.to_string(),
+            error,
+        };
+        match task.dirty.get_mut(&event.order_id) {
+            Some(changed) => {
+                if let Changed::Written(state) = changed {
+                    // Another event after the order was written out: back from its state.
+                    let graph = codec::decode(state).map_err(corrupt)?;
+                    *changed = Changed::Open { graph, touched: 0 };
+                    counters.order_read_back();
+                }
+            }
+            None => {
+                let stored = match task.store.get(event.order_id.as_bytes())? {
+                    Some(bytes) => Some(codec::decode(&bytes).map_err(corrupt)?),
                     None => None,
                 };
-            if expired(stored.as_ref()) {
-                return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
+                if expired(stored.as_ref()) {
+                    return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
+                }
+                let graph = stored.unwrap_or_else(|| OrderGraph::new(event.order_id.clone()));
+                let changed = Changed::Open { graph, touched: 0 };
+                task.dirty.insert(event.order_id.clone(), changed);
             }
-            let graph = stored.unwrap_or_else(|| OrderGraph::new(event.order_id.clone()));
-            task.dirty.insert(event.order_id.clone(), graph);
         }
-        let Some(graph) = task.dirty.get_mut(&event.order_id) else {
+        let Some(Changed::Open { graph, touched }) = task.dirty.get_mut(&event.order_id) else {
             return Err(ProcessorError::Internal(
-                "a graph just inserted is gone".into(),
+                "an order just opened is not open".into(),
             ));
         };
         if expired(Some(graph)) {
             return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
         }
+        *touched = task.touches;
+        let order_id = event.order_id.clone();
         task.stream_time = task.stream_time.max(event.occurred_at);
         let applied = engine.apply(graph, event);
         if applied.duplicate {
@@ -376,6 +485,7 @@ impl Shard {
                 Some(buffer),
             )?;
         }
+        task.touched(shared, partition, &order_id, buffer)?;
         Ok(None)
     }
 
@@ -431,7 +541,6 @@ impl Shard {
         let Shared {
             engine,
             producer,
-            views,
             topics,
             settings,
             metrics,
@@ -443,19 +552,13 @@ impl Shard {
                 puts: Vec::with_capacity(task.dirty.len()),
                 checkpoint: None,
             };
-            for (order_id, graph) in &task.dirty {
-                let key = order_id.as_bytes();
-                let state = codec::to_bytes(graph);
-                send_to(
-                    producer,
-                    &topics.changelog,
-                    Some(partition),
-                    key,
-                    Some(&state),
-                )?;
-                buffer.clear();
-                views.encode_view(&engine.view(graph), buffer)?;
-                send_to(producer, &topics.status, None, key, Some(buffer))?;
+            for (order_id, changed) in &mut task.dirty {
+                let state = match changed {
+                    Changed::Open { graph, .. } => {
+                        write_out(shared, partition, order_id, graph, buffer)?
+                    }
+                    Changed::Written(state) => std::mem::take(state),
+                };
                 batch.put(order_id.as_bytes(), state);
             }
             let horizon = task
@@ -509,7 +612,7 @@ impl Shard {
                 }
                 // In the store now: the order API's event streams may read it.
                 shared.orders.committed(task.dirty.keys());
-                task.dirty.clear();
+                task.clear_changes();
                 task.committed_stream_time = task.stream_time;
                 shared
                     .metrics
@@ -526,7 +629,7 @@ impl Shard {
         // What was counted happened: events came in, however the transaction ended.
         self.counters.flush(&shared.metrics);
         for task in self.tasks.values_mut() {
-            task.dirty.clear();
+            task.clear_changes();
             task.stream_time = task.committed_stream_time;
         }
         self.times.clear();
