@@ -909,6 +909,7 @@ mod tests {
         m.event_in("order-events", "SomethingNew");
         m.duplicate_event();
         m.out_of_order_event();
+        m.order_read_back();
         m.milestone_reached("ordered", true);
         m.milestone_reached("ready", false);
         m.placeholder_confirmed();
@@ -932,6 +933,7 @@ mod tests {
             r#"milestones_events_in_total{event_type="SomethingNew",topic="order-events"} 1"#,
             "milestones_duplicate_events_total 1",
             "milestones_out_of_order_events_total 1",
+            "milestones_orders_read_back_total 1",
             "milestones_placeholders_inferred_total 1",
             "milestones_placeholders_confirmed_total 1",
             r#"milestones_reached_total{inferred="true",milestone="ordered"} 1"#,
@@ -975,6 +977,8 @@ mod tests {
         local.milestone_reached(&m, "ordered", false);
         local.duplicate_event();
         local.out_of_order_event();
+        local.order_read_back();
+        local.order_read_back();
         local.placeholder_confirmed();
         assert!(
             has(&m, "milestones_placeholders_inferred_total 0"),
@@ -990,6 +994,7 @@ mod tests {
             "milestones_placeholders_confirmed_total 1",
             "milestones_duplicate_events_total 1",
             "milestones_out_of_order_events_total 1",
+            "milestones_orders_read_back_total 2",
         ] {
             assert!(has(&m, line), "missing {line:?} in\n{}", m.encode_text());
         }
