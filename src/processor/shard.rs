@@ -187,14 +187,14 @@ impl Task {
         &mut self,
         shared: &Shared,
         partition: i32,
-        order_id: &CompactString,
+        order_id: CompactString,
         buffer: &mut Vec<u8>,
     ) -> Result<(), ProcessorError> {
         let window = shared.settings.write_out_after;
         if window == 0 {
             return Ok(());
         }
-        self.recent.push_back((order_id.clone(), self.touches));
+        self.recent.push_back((order_id, self.touches));
         self.touches += 1;
         while self.recent.len() > window {
             let Some((order_id, touch)) = self.recent.pop_front() else {
@@ -485,7 +485,7 @@ impl Shard {
                 Some(buffer),
             )?;
         }
-        task.touched(shared, partition, &order_id, buffer)?;
+        task.touched(shared, partition, order_id, buffer)?;
         Ok(None)
     }
 
