@@ -3,7 +3,7 @@
 //!
 //! - [`send`] waits for room when librdkafka's queue is full instead of failing;
 //!   [`send_to`] does the same for the hot path, through a [`Topic`] looked up once;
-//! - [`flush`] serves delivery reports in short polls until nothing is in flight;
+//! - [`flush`] serves delivery reports as they come until nothing is in flight;
 //! - [`abort`] serves the delivery reports of the records in flight between resumable
 //!   calls of `abort_transaction`, which waits for those reports while nobody else polls;
 //! - [`retrying`] runs a transactional call again while librdkafka says it is retriable.
@@ -46,7 +46,7 @@ where
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                producer.poll(Duration::from_millis(5));
+                serve_reports(producer);
                 record = back;
             }
             Err((error, _)) => return Err(error),
@@ -146,7 +146,7 @@ pub fn send_to<C: ProducerContext<DeliveryOpaque = ()>>(
         match RDKafkaErrorCode::from(error) {
             RDKafkaErrorCode::NoError => return Ok(()),
             RDKafkaErrorCode::QueueFull => {
-                producer.poll(Duration::from_millis(5));
+                serve_reports(producer);
             }
             code => return Err(KafkaError::MessageProduction(code)),
         }
@@ -158,16 +158,47 @@ pub fn send_to<C: ProducerContext<DeliveryOpaque = ()>>(
 ///
 /// `commit_transaction` flushes too, but rdkafka's `BaseProducer::flush` serves reports in
 /// polls that each last their whole 100 ms slice however soon the last report arrives: every
-/// commit would wait at least 100 ms. Polling in 1 ms slices here leaves it nothing to wait
-/// for. A timeout is not an error here: the transactional call that follows waits and
-/// reports it.
+/// commit would wait at least 100 ms. A timeout is not an error here: the transactional
+/// call that follows waits and reports it.
 pub fn flush<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) {
     let deadline = Instant::now() + timeout;
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
+        serve_reports(producer);
+    }
+}
+
+/// How long [`serve_reports`] sleeps when no report is there: about what a produce
+/// request takes on a local broker, so that the last report waits at most this long.
+const REPORT_NAP: Duration = Duration::from_micros(100);
+
+/// Serves the delivery reports (and other producer events) that are there; when there is
+/// none, sleeps [`REPORT_NAP`] instead.
+///
+/// Not `BaseProducer::poll(d)` with a short `d`: it polls until its deadline, in waits of
+/// whole milliseconds rounded down, so its last, partial millisecond is a busy loop of
+/// zero-timeout polls and clock reads, and all of `poll(1 ms)` is. A flush of a few hundred
+/// milliseconds spun one of this machine's two cores the whole time, the cores the broker
+/// and librdkafka's own threads needed to deliver what the flush waited for.
+/// `poll(Duration::ZERO)` serves at most one event and never waits.
+fn serve_reports<C: ProducerContext<DeliveryOpaque = ()>>(producer: &BaseProducer<C>) {
+    // Serving an event changes the count: a report destroys its records, and any event
+    // leaves the queue it was counted in.
+    let mut count = producer.in_flight_count();
+    let mut served = false;
+    loop {
+        producer.poll(Duration::ZERO);
+        let now = producer.in_flight_count();
+        if now == count {
+            break;
+        }
+        served = true;
+        count = now;
+    }
+    if !served {
+        std::thread::sleep(REPORT_NAP);
     }
 }
 
