@@ -88,6 +88,8 @@ fn machine_busy() -> Result<f64, Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the service does, so that the floor allocates as it does.
+    order_milestones::alloc::keep_memory();
     let args: Vec<String> = std::env::args().collect();
     let [_, bootstrap, input, group, count, from, to] = args.as_slice() else {
         return Err("usage: io_floor BOOTSTRAP INPUT GROUP COUNT FROM,... TO,...".into());

@@ -12,10 +12,11 @@
 //!
 //! The binary, the examples and the benchmarks declare it as their global allocator; with
 //! `libmimalloc-sys`'s `override` feature mimalloc is also the process's `malloc`, so that
-//! librdkafka and RocksDB allocate with it.
+//! librdkafka and RocksDB allocate with it. The binary and the pipeline benchmark's
+//! examples also call [`keep_memory`] first thing.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::ffi::c_void;
+use std::ffi::{c_int, c_long, c_void};
 
 use libmimalloc_sys as mi;
 
@@ -77,9 +78,75 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// mimalloc 3's `mi_option_purge_delay`: the place of the option in its `mi_option_t`,
+/// which `libmimalloc-sys` does not name (checked against the option's documented default
+/// in the tests).
+const MI_OPTION_PURGE_DELAY: c_int = 15;
+
+/// How long freed memory stays with the process before mimalloc gives it back to the OS.
+pub const PURGE_DELAY_MS: c_long = 10_000;
+
+unsafe extern "C" {
+    #[cfg(test)]
+    fn mi_option_get(option: c_int) -> c_long;
+    fn mi_option_set(option: c_int, value: c_long);
+}
+
+/// Keeps the memory a processor frees to reuse it, rather than handing it back to the OS
+/// and faulting it in, zeroed, again: for a process that frees and allocates about as much
+/// at every transaction (a transaction's graphs, encoded states, librdkafka's records and
+/// RocksDB's write batches). Call it first thing in `main`.
+///
+/// - mimalloc gives freed memory back (`MADV_DONTNEED`) after its `purge_delay`, 1 s by
+///   default, and later transactions fault it in again; now after [`PURGE_DELAY_MS`].
+/// - mimalloc asks for transparent huge pages (`MADV_HUGEPAGE`), so each of those faults
+///   zeroes 2 MiB, and a purge of part of a huge page splits it. Off for the process
+///   (`PR_SET_THP_DISABLE`, what mimalloc's own `allow_thp = 0` does).
+///
+/// The kernel's page clearing was about a tenth of the processing threads' samples; with
+/// both, the process's CPU in a benchmark run fell by a tenth and its peak memory by about
+/// 60 MiB (BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` or `MIMALLOC_ALLOW_THP` in the
+/// environment, set by an operator, are left as they are.
+pub fn keep_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option mimalloc reads at each purge; any value is valid.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        no_huge_pages();
+    }
+}
+
+fn no_huge_pages() {
+    // SAFETY: a process-wide flag, no pointer arguments; an error (an old kernel) leaves
+    // huge pages on, which is only slower.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_are_off_for_the_process() {
+        let thp = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("THP_enabled:"));
+            line.expect("a kernel that reports THP_enabled").to_owned()
+        };
+        no_huge_pages(); // not `keep_memory`: the test below reads the purge delay's default
+        assert_eq!(thp().split_whitespace().nth(1), Some("0"), "{}", thp());
+    }
+
+    #[test]
+    fn the_purge_delay_option_is_mimallocs_purge_delay() {
+        // mimalloc 3 has `purge_delay` at 1000 ms by default, and no other option with that
+        // default: this fails if `MI_OPTION_PURGE_DELAY` names another option.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads an option.
+            assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        }
+    }
 
     #[test]
     fn every_block_has_the_alignment_its_layout_asks_for() {

@@ -154,6 +154,7 @@ enum RulesCommand {
 }
 
 fn main() -> ExitCode {
+    order_milestones::alloc::keep_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
