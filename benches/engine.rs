@@ -129,6 +129,25 @@ fn bench(c: &mut Criterion) {
             black_box(bytes)
         })
     });
+    // The two apart.
+    group.bench_function("state_per_order", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            let mut bytes = 0;
+            for graph in &finished {
+                out.clear();
+                codec::encode(graph, &mut out);
+                bytes += out.len();
+            }
+            black_box(bytes)
+        })
+    });
+    group.bench_function("view_per_order", |b| {
+        b.iter(|| {
+            let items: usize = finished.iter().map(|g| engine.view(g).items.len()).sum();
+            black_box(items)
+        })
+    });
     // The retention sweep's check of a stored order: is it finished, and since when.
     let stored: Vec<Vec<u8>> = finished.iter().map(codec::to_bytes).collect();
     group.bench_function("retention_check_per_stored_order_decoded", |b| {

@@ -28,6 +28,7 @@ use compact_str::CompactString;
 
 use super::event::{Item, OrderEvent};
 use super::graph::{EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph, TypeNumbers};
+use super::text::same;
 
 /// The format this code writes.
 pub const FORMAT: u8 = 1;
@@ -65,18 +66,19 @@ pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
             .extend(kept.table.iter().map(CompactString::as_str));
         done = kept.count;
     }
+    let Hints([kind, source, line, marketplace, customer]) = &mut Hints::default();
     for event in &graph.events[done..] {
         put_str(out, &event.event_id);
-        table.put(out, &event.event_type);
-        table.put(out, &event.source);
+        table.put(out, &event.event_type, kind);
+        table.put(out, &event.source, source);
         put_i64(out, event.occurred_at);
-        table.put(out, &event.line_of_business);
-        table.put(out, &event.marketplace);
+        table.put(out, &event.line_of_business, line);
+        table.put(out, &event.marketplace, marketplace);
         match &event.customer_id {
             None => out.push(0),
-            Some(customer) => {
+            Some(id) => {
                 out.push(1);
-                table.put(out, customer);
+                table.put(out, id, customer);
             }
         }
         put_u64(out, event.items.len() as u64);
@@ -289,12 +291,28 @@ struct StringTable<'a> {
     strings: Vec<&'a str>,
 }
 
+/// Per field of an event (type, source, line of business, marketplace, customer): the table
+/// index of the string the field had in the last event written. A field mostly repeats it
+/// (an order has one line of business, one marketplace, one customer, and runs of one event
+/// type), so [`StringTable::put`] looks there before it searches the table.
+#[derive(Default)]
+struct Hints([usize; 5]);
+
 impl<'a> StringTable<'a> {
-    /// Writes a reference to `s`, defining it first if it is new.
-    fn put(&mut self, out: &mut Vec<u8>, s: &'a str) {
-        match self.strings.iter().position(|t| *t == s) {
-            Some(index) => put_u64(out, index as u64 + 1),
+    /// Writes a reference to `s`, defining it first if it is new; `hint` is the field's
+    /// entry in [`Hints`].
+    fn put(&mut self, out: &mut Vec<u8>, s: &'a str, hint: &mut usize) {
+        let found = match self.strings.get(*hint) {
+            Some(t) if same(t, s) => Some(*hint),
+            _ => self.strings.iter().position(|t| same(t, s)),
+        };
+        match found {
+            Some(index) => {
+                *hint = index;
+                put_u64(out, index as u64 + 1);
+            }
             None => {
+                *hint = self.strings.len();
                 out.push(0);
                 put_str(out, s);
                 self.strings.push(s);
@@ -304,7 +322,7 @@ impl<'a> StringTable<'a> {
 
     /// Writes a reference to `s`, or `s` itself without adding it to the table.
     fn put_without_adding(&self, out: &mut Vec<u8>, s: &str) {
-        match self.strings.iter().position(|t| *t == s) {
+        match self.strings.iter().position(|t| same(t, s)) {
             Some(index) => put_u64(out, index as u64 + 1),
             None => {
                 out.push(0);

@@ -10,6 +10,7 @@ use compact_str::CompactString;
 
 use super::event::OrderEvent;
 use super::rules::{Rules, TypeId};
+use super::text::same;
 
 /// How many events and milestones a new graph has room for: a grocery order has about ten
 /// distinct events and six milestones.
@@ -157,11 +158,11 @@ impl OrderGraph {
     }
 
     pub fn contains_event(&self, event_id: &str) -> bool {
-        self.events.iter().any(|e| e.event_id == event_id)
+        self.events.iter().any(|e| same(&e.event_id, event_id))
     }
 
     pub(crate) fn milestone_mut(&mut self, name: &str) -> Option<&mut MilestoneNode> {
-        self.milestones.iter_mut().find(|m| m.name == name)
+        self.milestones.iter_mut().find(|m| same(&m.name, name))
     }
 
     /// The order's customer: from the earliest event that names one (by `occurred_at`, then

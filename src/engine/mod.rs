@@ -14,6 +14,7 @@ mod evaluate;
 pub mod event;
 pub mod graph;
 pub mod rules;
+mod text;
 pub mod view;
 
 use std::cell::RefCell;
@@ -297,7 +298,7 @@ impl Engine {
         let mut confirmations = 0u64;
         for &(id, change) in changed {
             let name = &self.rules.milestones()[id].name;
-            let Some(node) = graph.milestones.iter().find(|m| m.name == *name) else {
+            let Some(node) = graph.milestones.iter().find(|m| text::same(&m.name, name)) else {
                 continue;
             };
             let mut evidence: Vec<CompactString> = node

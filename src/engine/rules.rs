@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::event::OrderEvent;
+use super::text::same;
 
 /// The default milestone model of the contract, shipped inside the binary.
 pub const BUILTIN_RULES: &str = include_str!("../../topology/milestones.toml");
@@ -233,13 +234,13 @@ impl Rules {
     /// What the event says about its items, if anything.
     pub fn item_role(&self, event_type: &str) -> Option<ItemRole> {
         let items = &self.items;
-        if items.ordered == event_type {
+        if same(&items.ordered, event_type) {
             Some(ItemRole::Ordered)
-        } else if items.picked.iter().any(|t| t == event_type) {
+        } else if items.picked.iter().any(|t| same(t, event_type)) {
             Some(ItemRole::Picked)
-        } else if items.shorted.iter().any(|t| t == event_type) {
+        } else if items.shorted.iter().any(|t| same(t, event_type)) {
             Some(ItemRole::Shorted)
-        } else if items.substituted.iter().any(|t| t == event_type) {
+        } else if items.substituted.iter().any(|t| same(t, event_type)) {
             Some(ItemRole::Substituted)
         } else {
             None

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::OrderEvent;
 use super::rules::{ItemRole, Rules};
+use super::text::same;
 
 /// The current state of one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +107,7 @@ pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFac
             // An order names tens of ASINs: a scan beats a map, up to a point.
             let asin = item.asin.as_str();
             let found = if items.len() <= SCAN_ITEMS {
-                items.iter().position(|fact| fact.asin == asin)
+                items.iter().position(|fact| same(fact.asin, asin))
             } else {
                 if index.is_empty() {
                     index.extend(items.iter().enumerate().map(|(at, f)| (f.asin, at)));

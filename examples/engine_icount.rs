@@ -1,0 +1,70 @@
+//! The engine's per-order work in three phases, each a function of its own, for counting
+//! instructions under callgrind: on this shared machine timings of the same code move by a
+//! third between runs, instruction counts do not (BENCHMARKS.md, "Engine").
+//!
+//! ```sh
+//! cargo build --release --example engine_icount
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/engine.callgrind \
+//!     "$CARGO_TARGET_DIR"/release/examples/engine_icount
+//! callgrind_annotate --inclusive=yes /tmp/engine.callgrind | grep '_phase \['
+//! ```
+//!
+//! 2,000 generated orders (as `benches/engine.rs` generates them): `apply_phase` applies
+//! every event, as the service does within a transaction; `state_phase` encodes each
+//! order's state and `view_phase` builds each order's view, as a write-out does.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use order_milestones::engine::{codec, Engine, OrderEvent, OrderGraph, Rules};
+use order_milestones::generate::{GenerateConfig, Generator};
+
+#[global_allocator]
+static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
+
+#[inline(never)]
+fn apply_phase(engine: &Engine, events: Vec<OrderEvent>) -> HashMap<CompactString, OrderGraph> {
+    let mut graphs: HashMap<CompactString, OrderGraph> = HashMap::new();
+    for event in events {
+        let graph = graphs
+            .entry(event.order_id.clone())
+            .or_insert_with(|| OrderGraph::new(event.order_id.clone()));
+        black_box(engine.apply(graph, event).changes.len());
+    }
+    graphs
+}
+
+#[inline(never)]
+fn state_phase(graphs: &[OrderGraph]) -> usize {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for graph in graphs {
+        out.clear();
+        codec::encode(graph, &mut out);
+        bytes += out.len();
+    }
+    bytes
+}
+
+#[inline(never)]
+fn view_phase(engine: &Engine, graphs: &[OrderGraph]) -> usize {
+    graphs.iter().map(|g| engine.view(g).items.len()).sum()
+}
+
+fn main() {
+    let engine = Engine::new(Arc::new(Rules::builtin().expect("built-in rules")));
+    let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
+        orders: 2_000,
+        ..GenerateConfig::default()
+    })
+    .collect();
+    let graphs: Vec<OrderGraph> = apply_phase(&engine, events).into_values().collect();
+    println!(
+        "{} orders: {} state bytes, {} view items",
+        graphs.len(),
+        black_box(state_phase(&graphs)),
+        black_box(view_phase(&engine, &graphs))
+    );
+}
