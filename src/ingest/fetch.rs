@@ -122,7 +122,7 @@ impl<'c> FetchQueue<'c> {
     fn take(&self, timeout: Duration, max: usize, batch: &mut Batch<'c>) {
         let had = batch.messages.len();
         batch.messages.reserve(max);
-        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let timeout_ms = wait_ms(timeout);
         // SAFETY: the array has room for `max` more pointers; librdkafka writes `n` of them,
         // which `batch` then owns and destroys.
         unsafe {
@@ -138,6 +138,13 @@ impl<'c> FetchQueue<'c> {
                 .set_len(had + usize::try_from(n).unwrap_or(0));
         }
     }
+}
+
+/// librdkafka's wait in whole milliseconds, rounded up: rounded down, a wait of less than
+/// one would not wait at all, and a caller waiting out a deadline (`processor::fill`) would
+/// spin through its last millisecond (an idle processor spent 3 to 4% of a core so).
+fn wait_ms(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
 }
 
 impl Drop for FetchQueue<'_> {
@@ -248,5 +255,22 @@ impl InputRecord for Fetched<'_> {
         let ms = unsafe { rdsys::rd_kafka_message_timestamp(self.message, &mut kind) };
         (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ms >= 0)
             .then_some(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_whole_milliseconds_rounded_up() {
+        let us = Duration::from_micros;
+        assert_eq!(wait_ms(Duration::ZERO), 0);
+        assert_eq!(wait_ms(us(1)), 1);
+        assert_eq!(wait_ms(us(999)), 1);
+        assert_eq!(wait_ms(us(1_000)), 1);
+        assert_eq!(wait_ms(us(1_001)), 2);
+        assert_eq!(wait_ms(Duration::from_millis(20)), 20);
+        assert_eq!(wait_ms(Duration::from_secs(u64::MAX)), i32::MAX);
     }
 }
