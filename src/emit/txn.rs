@@ -179,9 +179,9 @@ const REPORT_NAP: Duration = Duration::from_micros(100);
 ///
 /// Not `BaseProducer::poll(d)` with a short `d`: it polls until its deadline, in waits of
 /// whole milliseconds rounded down, so its last, partial millisecond is a busy loop of
-/// zero-timeout polls and clock reads, and all of `poll(1 ms)` is. A flush of a few hundred
-/// milliseconds spun one of this machine's two cores the whole time, the cores the broker
-/// and librdkafka's own threads needed to deliver what the flush waited for.
+/// zero-timeout polls and clock reads, and all of `poll(1 ms)` is: every commit's flush
+/// spun one of this machine's two cores, which the broker and librdkafka's own threads
+/// needed to deliver what the flush waited for.
 /// `poll(Duration::ZERO)` serves at most one event and never waits.
 fn serve_reports<C: ProducerContext<DeliveryOpaque = ()>>(producer: &BaseProducer<C>) {
     // Serving an event changes the count: a report destroys its records, and any event
