@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use order_milestones::config::{hostname, Config, Format};
 use order_milestones::engine::{Engine, Rules};
 use order_milestones::generate::{self, GenerateConfig, Generator, KafkaTarget};
-use order_milestones::{api, processor, simulate, topics};
+use order_milestones::{api, processor, simulate, tls, topics};
 
 #[global_allocator]
 static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
@@ -168,6 +168,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
+            // The HTTP clients' TLS set-up (tens of milliseconds), meanwhile.
+            tls::prepare();
             init_logging();
             let config = load_config(config.as_deref())?;
             let rules = load_rules(config.rules.file.as_deref())?;

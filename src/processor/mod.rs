@@ -138,8 +138,8 @@ pub fn run(
 ) -> Result<(), ProcessorError> {
     // The registry client is built beside the topics check: its HTTP client's TLS set-up
     // (the system's root certificates, whether or not the URL is https; made once per
-    // process, `tls::client_builder`) takes 45 to 70 ms of CPU, the check mostly waits for
-    // the broker.
+    // process, `tls::client_builder`, and started by the binary before anything else,
+    // `tls::prepare`) takes 45 to 70 ms of CPU, the check mostly waits for the broker.
     let t = &config.topics;
     let avro = t.input_format == Format::Avro || t.output_format == Format::Avro;
     let registry_config = config.schema_registry.clone();
