@@ -262,14 +262,50 @@ fn state_restored_from_the_changelog_when_the_state_directory_is_gone() {
     wait_for_views(&config, &simulated(&first).1);
     processor.stop();
 
+    // With its state directory, a restart restores from the stores' checkpoints: the
+    // changelog offsets the commits' delivery reports gave, so nothing is applied again.
+    let processor = start(&config, &runtime);
+    let applied = applied_by_restores(&processor, config.topics.partitions);
+    processor.stop();
+    assert_eq!(
+        applied, 0.0,
+        "a restore from the checkpoints applied records again"
+    );
+
     std::fs::remove_dir_all(&state).expect("delete the state directory");
     produce(&config, &second);
     let all: Vec<OrderEvent> = first.iter().chain(&second).cloned().collect();
     let (expected_records, expected_views) = simulated(&all);
     let processor = start(&config, &runtime);
+    let applied = applied_by_restores(&processor, config.topics.partitions);
+    assert!(
+        applied >= 1500.0,
+        "without the state directory every order is restored from the changelog: {applied}"
+    );
     wait_for_views(&config, &expected_views);
     processor.stop();
     changes_equal_simulate(&config, expected_records);
+}
+
+/// The changelog records the instance's restores applied, once all `partitions` are
+/// restored.
+fn applied_by_restores(processor: &InProcess, partitions: i32) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = processor.telemetry.health.partitions();
+        let ready = states
+            .iter()
+            .filter(|(_, state)| *state == PartitionState::Ready)
+            .count();
+        if ready == partitions as usize {
+            return processor.metric("milestones_restore_records_applied");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not restored: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A bad record: the error class it must get, its key and its value.

@@ -94,6 +94,13 @@ impl Topic {
     }
 }
 
+impl Topic {
+    /// librdkafka's handle, as a delivery report's `rkt` names it.
+    pub fn as_ptr(&self) -> *mut rdsys::rd_kafka_topic_t {
+        self.rkt.as_ptr()
+    }
+}
+
 impl Drop for Topic {
     fn drop(&mut self) {
         // SAFETY: created by `rd_kafka_topic_new`, destroyed once, before its producer (the

@@ -4,12 +4,14 @@
 //! do, in parallel on the member's worker threads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings::rd_kafka_topic_t as RDKafkaTopic;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -35,6 +37,11 @@ const SLICE: Duration = Duration::from_millis(25);
 /// no tracking here: it makes the transaction's commit fail, and the commit aborts.
 pub(crate) struct Deliveries {
     changelog: String,
+    /// The producer's handle of the changelog topic, once it has one
+    /// ([`Deliveries::changelog_is`]): a report's topic is then told by its handle, not by
+    /// reading and comparing its name, for each of the several hundred thousand reports a
+    /// backlog's transactions get.
+    changelog_topic: AtomicPtr<RDKafkaTopic>,
     last: Mutex<HashMap<i32, i64>>,
 }
 
@@ -42,7 +49,24 @@ impl Deliveries {
     pub fn new(changelog: String) -> Deliveries {
         Deliveries {
             changelog,
+            changelog_topic: AtomicPtr::new(std::ptr::null_mut()),
             last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The changelog records are sent through `topic`, a handle of this context's producer
+    /// (librdkafka gives each report the handle of the topic it was sent to).
+    pub fn changelog_is(&self, topic: &txn::Topic) {
+        self.changelog_topic
+            .store(topic.as_ptr(), Ordering::Release);
+    }
+
+    fn is_changelog(&self, message: &BorrowedMessage<'_>) -> bool {
+        let known = self.changelog_topic.load(Ordering::Acquire);
+        if known.is_null() {
+            Message::topic(message) == self.changelog
+        } else {
+            message.topic_ptr() == known
         }
     }
 }
@@ -54,7 +78,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(message) if Message::topic(message) == self.changelog => {
+            Ok(message) if self.is_changelog(message) => {
                 let mut last = lock(&self.last);
                 let entry = last.entry(Message::partition(message)).or_insert(-1);
                 *entry = (*entry).max(Message::offset(message));

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -281,6 +281,7 @@ fn member(
     };
     // SAFETY: `Shared` declares `topics` before `producer`, so drops them first.
     let topics = unsafe { OutputTopics::new(&producer, &outputs)? };
+    producer.context().changelog_is(&topics.changelog);
     let shared = Shared {
         engine,
         topics,
