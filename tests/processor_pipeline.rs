@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pipeline::{assert_same_changes, produce, read_until, simulated, test_config};
+use common::pipeline::{
+    assert_same_changes, metric_sum, produce, read_until, simulated, test_config,
+};
 use order_milestones::config::Config;
 use order_milestones::engine::{Engine, OrderEvent, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
@@ -29,11 +31,7 @@ struct Run {
 impl Run {
     /// The sum of the series of the metrics whose lines start with `name`.
     fn metric(&self, name: &str) -> f64 {
-        self.metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&self.metrics, name, "")
     }
 }
 

@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    assert_same_changes, json_records, produce, produce_raw, read_records_until, read_until,
-    simulated, test_config, write_config,
+    assert_same_changes, json_records, metric_sum, produce, produce_raw, read_records_until,
+    read_until, simulated, test_config, write_config,
 };
 use order_milestones::api::PartitionState;
 use order_milestones::config::Config;
@@ -87,15 +87,7 @@ impl InProcess {
     /// The sum of this instance's metric `name` over the series whose labels mention
     /// `label_value` (a topic, ...).
     fn metric_where(&self, name: &str, label_value: &str) -> f64 {
-        let quoted = format!("\"{label_value}\"");
-        self.telemetry
-            .metrics
-            .encode_text()
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter(|l| label_value.is_empty() || l.contains(&quoted))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&self.telemetry.metrics.encode_text(), name, label_value)
     }
 
     fn stop(self) {

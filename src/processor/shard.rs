@@ -12,6 +12,7 @@
 //! (changelog records and views of the orders not written out yet, retention tombstones),
 //! then [`Shard::committed`] (the store writes) or [`Shard::aborted`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -429,16 +430,19 @@ impl Shard {
             order_id: event.order_id.to_string(),
             error,
         };
-        match task.dirty.get_mut(&event.order_id) {
-            Some(changed) => {
+        // One lookup of the order per event: its entry, opened if it is not there yet.
+        let changed = match task.dirty.entry(event.order_id.clone()) {
+            Entry::Occupied(entry) => {
+                let changed = entry.into_mut();
                 if let Changed::Written(state) = changed {
                     // Another event after the order was written out: back from its state.
                     let graph = codec::decode(state).map_err(corrupt)?;
                     *changed = Changed::Open { graph, touched: 0 };
                     counters.order_read_back();
                 }
+                changed
             }
-            None => {
+            Entry::Vacant(entry) => {
                 let stored = match task.store.get(event.order_id.as_bytes())? {
                     Some(bytes) => Some(codec::decode(&bytes).map_err(corrupt)?),
                     None => None,
@@ -447,11 +451,10 @@ impl Shard {
                     return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
                 }
                 let graph = stored.unwrap_or_else(|| OrderGraph::new(event.order_id.clone()));
-                let changed = Changed::Open { graph, touched: 0 };
-                task.dirty.insert(event.order_id.clone(), changed);
+                entry.insert(Changed::Open { graph, touched: 0 })
             }
-        }
-        let Some(Changed::Open { graph, touched }) = task.dirty.get_mut(&event.order_id) else {
+        };
+        let Changed::Open { graph, touched } = changed else {
             return Err(ProcessorError::Internal(
                 "an order just opened is not open".into(),
             ));

@@ -110,6 +110,17 @@ pub fn produce_raw(topic: &str, records: &[RawRecord]) {
         .expect("all records delivered");
 }
 
+/// The sum of the series of metric `name` in `text` (Prometheus' text format) whose labels
+/// mention `label_value` (a topic, ...), or of all of them when it is empty.
+pub fn metric_sum(text: &str, name: &str, label_value: &str) -> f64 {
+    let quoted = format!("\"{label_value}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter(|l| label_value.is_empty() || l.contains(&quoted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// What simulate says: every change record in order, and the final views by order id.
 pub fn simulated(events: &[OrderEvent]) -> (Vec<Value>, BTreeMap<String, Value>) {
     let engine = Engine::new(Arc::new(Rules::builtin().expect("rules")));
