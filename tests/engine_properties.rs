@@ -151,6 +151,25 @@ proptest! {
     }
 
     #[test]
+    fn an_order_kept_in_memory_is_settled_as_one_read_from_its_state((_, deliveries, _) in arrivals()) {
+        // In memory, each event settles only what it adds (the rules decide on each event
+        // alone); a graph decoded from its state is evaluated in full at its next event.
+        // Every step gives both the same records and the same graph.
+        let driver = Rules::parse(&with_driver_assigned(), "new.toml").expect("rules");
+        for engine in [engine(), Engine::new(Arc::new(driver))] {
+            prop_assert!(engine.rules().event_local());
+            let mut kept = OrderGraph::new("A");
+            for event in &deliveries {
+                let mut stored = codec::decode(&codec::to_bytes(&kept)).expect("own encoding decodes");
+                let read_back = engine.apply(&mut stored, event.clone());
+                let in_memory = engine.apply(&mut kept, event.clone());
+                prop_assert_eq!(&in_memory, &read_back);
+                prop_assert_eq!(&kept, &stored);
+            }
+        }
+    }
+
+    #[test]
     fn reevaluating_with_the_same_rules_changes_nothing((_, deliveries, _) in arrivals()) {
         let engine = engine();
         let (graph, _) = run(&engine, &deliveries);

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 
 use super::event::{Item, OrderEvent};
-use super::graph::{EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph, TypeNumbers};
+use super::graph::{Derived, EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph};
 use super::text::same;
 
 /// The format this code writes.
@@ -217,7 +217,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         sequence,
         duplicates,
         encoded_events: KeptEncoding::new(encoded_events),
-        type_numbers: TypeNumbers::default(),
+        derived: Derived::default(),
     })
 }
 

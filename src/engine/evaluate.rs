@@ -120,16 +120,7 @@ pub(crate) fn evaluate(
         }
         spans.push((first as u32, indices.len() as u32));
     }
-    *reached = *evidenced;
-    for id in evidenced.iter() {
-        *reached = reached.union(milestones[id].implies);
-    }
-    if let Some(id) = rules.any_event_implies() {
-        if !events.is_empty() {
-            reached.insert(id);
-            *reached = reached.union(milestones[id].implies);
-        }
-    }
+    *reached = rules.reached_by(*evidenced, !events.is_empty());
 }
 
 /// Moves the distinct values of a sorted slice to its front; returns how many there are.

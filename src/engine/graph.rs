@@ -9,7 +9,7 @@
 use compact_str::CompactString;
 
 use super::event::OrderEvent;
-use super::rules::{Rules, TypeId};
+use super::rules::{MilestoneSet, Rules, TypeId};
 use super::text::same;
 
 /// How many events and milestones a new graph has room for: a grocery order has about ten
@@ -36,9 +36,9 @@ pub struct OrderGraph {
     /// writes only the events added since. Events are append-only, so it stays a valid
     /// prefix.
     pub(crate) encoded_events: KeptEncoding,
-    /// The events' type numbers under the rules last applied, so that an event's type is
-    /// looked up once, not at every evaluation of its order.
-    pub(crate) type_numbers: TypeNumbers,
+    /// What the engine derived from the events under the rules last applied (the events'
+    /// type numbers, where the milestones stand), so that each event is looked at once.
+    pub(crate) derived: Derived,
 }
 
 /// The stored bytes of a graph's first `count` events, and the string table they define.
@@ -71,37 +71,68 @@ impl PartialEq for KeptEncoding {
 
 impl Eq for KeptEncoding {}
 
-/// Per event of a graph, its type number under one set of rules ([`Rules::type_id`]). A
-/// cache, not part of the graph's value: two graphs are equal whatever they keep here.
+/// What the engine derived from a graph's events under one set of rules, kept so that an
+/// event costs the engine only what it adds. A cache, not part of the graph's value: two
+/// graphs are equal whatever they keep here, and a decoded graph keeps nothing.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TypeNumbers {
-    /// The [`Rules::id`] the numbers are of; 0, which no rules have, for none.
+pub(crate) struct Derived {
+    /// The [`Rules::id`] all of this is under; 0, which no rules have, for none.
     rules: u64,
+    /// Per event, its type number ([`Rules::type_id`]).
     numbers: Vec<Option<TypeId>>,
+    /// Where the milestone nodes stand, once they were settled with an evaluation of all the
+    /// events under these rules.
+    standing: Option<Standing>,
 }
 
-impl TypeNumbers {
+/// Where an order's milestones stand after its nodes were settled with the evaluation of all
+/// its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Standing {
+    /// Milestones some event evidences.
+    pub evidenced: MilestoneSet,
+    /// Evidenced and implied milestones.
+    pub reached: MilestoneSet,
+    /// The milestones the graph has a node of: the reached ones, and any reached under
+    /// other rules before.
+    pub known: MilestoneSet,
+}
+
+impl Derived {
     /// The type numbers of `events` (this graph's, append-only) under `rules`, looking up
-    /// only the events added since the last call with the same rules.
+    /// only the events added since the last call with the same rules. Forgets the standing
+    /// kept under other rules.
     pub fn of(&mut self, rules: &Rules, events: &[OrderEvent]) -> &[Option<TypeId>] {
         if self.rules != rules.id() || self.numbers.len() > events.len() {
             self.rules = rules.id();
             self.numbers.clear();
+            self.standing = None;
         }
         let known = self.numbers.len();
         self.numbers
             .extend(events[known..].iter().map(|e| rules.type_id(&e.event_type)));
         &self.numbers
     }
+
+    /// Where the nodes stand, if they were last settled under `rules`.
+    pub fn standing(&self, rules: &Rules) -> Option<Standing> {
+        self.standing.filter(|_| self.rules == rules.id())
+    }
+
+    /// The nodes were just settled with the evaluation of every event under the rules of
+    /// the last [`Derived::of`] call.
+    pub fn settled(&mut self, standing: Standing) {
+        self.standing = Some(standing);
+    }
 }
 
-impl PartialEq for TypeNumbers {
-    fn eq(&self, _: &TypeNumbers) -> bool {
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
         true
     }
 }
 
-impl Eq for TypeNumbers {}
+impl Eq for Derived {}
 
 /// A reached milestone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +159,7 @@ impl OrderGraph {
             sequence: 0,
             duplicates: 0,
             encoded_events: KeptEncoding::default(),
-            type_numbers: TypeNumbers::default(),
+            derived: Derived::default(),
         }
     }
 

@@ -60,6 +60,9 @@ impl MilestoneSet {
     pub fn union(self, other: MilestoneSet) -> MilestoneSet {
         MilestoneSet(self.0 | other.0)
     }
+    pub fn intersection(self, other: MilestoneSet) -> MilestoneSet {
+        MilestoneSet(self.0 & other.0)
+    }
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -84,7 +87,7 @@ impl MilestoneSet {
 #[derive(Debug)]
 pub struct Rules {
     /// Different for every `Rules` compiled in this process, never 0: what a graph's cached
-    /// type numbers ([`super::graph::TypeNumbers`]) are tagged with.
+    /// type numbers and standing ([`super::graph::Derived`]) are tagged with.
     id: u64,
     version: String,
     milestones: Vec<Milestone>,
@@ -95,6 +98,10 @@ pub struct Rules {
     /// Per type number: the evidence rules naming the type, each once; see
     /// [`Rules::rules_of_type`].
     rules_of_type: Vec<Vec<u32>>,
+    /// Per evidence rule (by place): its milestone and its index among the milestone's rules.
+    places: Vec<(u32, u32)>,
+    /// No rule looks beyond the event it matches; see [`Rules::event_local`].
+    event_local: bool,
     any_event_implies: Option<MilestoneId>,
     items: ItemRules,
 }
@@ -215,6 +222,38 @@ impl Rules {
         self.rules_of_type
             .get(type_id as usize)
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The evidence rule at `place` (see [`Rules::rules_of_type`]) and its milestone.
+    pub fn rule_at(&self, place: u32) -> (MilestoneId, &EvidenceRule) {
+        let (milestone, index) = self.places[place as usize];
+        let milestone = milestone as MilestoneId;
+        (
+            milestone,
+            &self.milestones[milestone].evidence[index as usize],
+        )
+    }
+
+    /// Whether every evidence rule decides on each event alone: none asks for at least two
+    /// events, for an event after another or for every item resolved. Then a new event
+    /// adds evidence only to the milestones whose rules it matches, and never changes what
+    /// earlier events evidence, so the engine settles an order one event at a time.
+    pub fn event_local(&self) -> bool {
+        self.event_local
+    }
+
+    /// The milestones reached when `evidenced` are: those and every milestone they imply,
+    /// and, when the order has any event, the milestone any event implies with its own.
+    pub fn reached_by(&self, evidenced: MilestoneSet, any_event: bool) -> MilestoneSet {
+        let mut reached = evidenced;
+        for id in evidenced.iter() {
+            reached = reached.union(self.milestones[id].implies);
+        }
+        if let Some(id) = self.any_event_implies.filter(|_| any_event) {
+            reached.insert(id);
+            reached = reached.union(self.milestones[id].implies);
+        }
+        reached
     }
 
     /// The number of an event type some evidence rule names; `None` for any other type.
@@ -565,6 +604,11 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
     // whose types include it.
     let mut type_ids: FxHashMap<CompactString, TypeId> = FxHashMap::default();
     let mut rules_of_type: Vec<Vec<u32>> = Vec::new();
+    let places: Vec<(u32, u32)> = milestones
+        .iter()
+        .enumerate()
+        .flat_map(|(id, m)| (0..m.evidence.len()).map(move |index| (id as u32, index as u32)))
+        .collect();
     let evidence_rules = milestones.iter_mut().flat_map(|m| m.evidence.iter_mut());
     for (place, rule) in evidence_rules.enumerate() {
         let mut number = |t: &CompactString| {
@@ -597,6 +641,10 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         shorted: event_types(&items.shorted)?,
         substituted: event_types(&items.substituted)?,
     };
+    let event_local = milestones
+        .iter()
+        .flat_map(|m| &m.evidence)
+        .all(|rule| rule.at_least <= 1 && rule.after.is_none() && !rule.all_items_resolved);
     static COMPILED: AtomicU64 = AtomicU64::new(0);
     Ok(Rules {
         id: COMPILED.fetch_add(1, Ordering::Relaxed) + 1,
@@ -605,6 +653,8 @@ fn compile(raw: RawRules) -> Result<Rules, Refusal> {
         by_name,
         type_ids,
         rules_of_type,
+        places,
+        event_local,
         any_event_implies,
         items,
     })
