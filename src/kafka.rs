@@ -5,6 +5,7 @@
 use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
+use crate::emit::txn;
 
 /// What a client is for; each role gets the settings it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,12 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
                 .set("isolation.level", "read_uncommitted");
         }
         Role::TransactionalProducer => {
+            // A default the configuration may override (`properties` again, then the
+            // producer's own, so that they win).
+            client.set("linger.ms", txn::LINGER_MS.to_string());
+            for (key, value) in &config.kafka.properties {
+                client.set(key, value);
+            }
             producer(&mut client);
             client
                 .set("transactional.id", config.transactional_id())
@@ -179,6 +186,28 @@ mod tests {
                 String::from_utf8_lossy(key)
             );
         }
+    }
+
+    #[test]
+    fn the_transactional_producer_lingers_unless_configured_otherwise() {
+        let linger = |config: &Config| {
+            client_config(config, Role::TransactionalProducer)
+                .get("linger.ms")
+                .map(str::to_string)
+        };
+        let mut config = Config::default();
+        assert_eq!(linger(&config), Some(txn::LINGER_MS.to_string()));
+        assert_eq!(
+            client_config(&config, Role::Producer).get("linger.ms"),
+            None
+        );
+        config
+            .kafka
+            .properties
+            .insert("linger.ms".into(), "7".into());
+        assert_eq!(linger(&config).as_deref(), Some("7"));
+        config.kafka.producer.insert("linger.ms".into(), "3".into());
+        assert_eq!(linger(&config).as_deref(), Some("3"));
     }
 
     #[test]

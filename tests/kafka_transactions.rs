@@ -182,3 +182,52 @@ async fn abort_with_records_in_flight_completes_and_the_producer_goes_on() {
         "read_committed must see only the transaction after the abort"
     );
 }
+
+/// `txn::flush` ends librdkafka's linger: with `linger.ms` at 5 s, a transaction's records
+/// are delivered (and the flush returns) well before it, so a commit never waits out the
+/// linger (the service's producer lingers `txn::LINGER_MS`). Without the flush's own
+/// `rd_kafka_flush` call the records would sit in librdkafka for the whole 5 s.
+#[tokio::test]
+async fn a_flush_sends_lingering_records_at_once() {
+    use order_milestones::emit::txn;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+
+    common::require_kafka();
+    let topic = common::unique_topic("kafka_transactions_linger");
+    common::create_topic(&topic, 1).await;
+    let producer: BaseProducer = common::client_config()
+        .set(
+            "transactional.id",
+            common::unique_transactional_id("kafka_transactions_linger"),
+        )
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5000")
+        .create()
+        .expect("creating the transactional producer");
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .expect("init_transactions");
+
+    for round in 0..3 {
+        producer.begin_transaction().expect("begin");
+        let value = format!("lingering-{round}");
+        txn::send(
+            &producer,
+            BaseRecord::to(&topic).key("order-1").payload(&value),
+        )
+        .expect("queueing the record");
+        let started = std::time::Instant::now();
+        txn::flush(&producer, TXN_TIMEOUT);
+        let took = started.elapsed();
+        assert_eq!(producer.in_flight_count(), 0, "the flush returned early");
+        assert!(
+            took < Duration::from_secs(2),
+            "round {round}: the flush waited {took:?}, as if for the 5 s linger"
+        );
+        producer.commit_transaction(TXN_TIMEOUT).expect("commit");
+    }
+    assert_eq!(
+        read_all(&topic, "read_committed").await,
+        ["lingering-0", "lingering-1", "lingering-2"]
+    );
+}

@@ -96,7 +96,8 @@ pub fn forward_all(
     producer_config
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", transactional_id)
-        .set("enable.idempotence", "true");
+        .set("enable.idempotence", "true")
+        .set("linger.ms", txn::LINGER_MS.to_string());
     for (key, value) in producer_settings {
         producer_config.set(*key, *value);
     }
