@@ -13,14 +13,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -116,7 +117,10 @@ impl Directory {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
         consumer.assign(&assignment)?;
-        let producer: FutureProducer = client_config(config, Role::Producer).create()?;
+        let producer = Arc::new(
+            client_config(config, Role::Producer)
+                .create_with_context(AdvertDeliveries::default())?,
+        );
         let mut stream = consumer.stream();
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut advertised: Option<(BTreeSet<i32>, i64)> = None;
@@ -180,23 +184,70 @@ impl Directory {
     }
 
     /// Writes this instance's advert (or tombstone); false, logged, when it failed.
+    ///
+    /// A `BaseProducer` polled only here, until the record's delivery report: rdkafka's
+    /// `FutureProducer` polls on a thread of its own in 100 ms waits whose last millisecond
+    /// is a busy loop, about 1% of a core for an advert every 10 s.
     async fn publish(
         &self,
-        producer: &FutureProducer,
+        producer: &Arc<BaseProducer<AdvertDeliveries>>,
         topic: &str,
         advert: Option<&Advert>,
     ) -> bool {
         let payload = advert.map(|a| serde_json::to_vec(a).unwrap_or_default());
-        let mut record = FutureRecord::<str, Vec<u8>>::to(topic).key(&self.instance_id);
-        if let Some(payload) = &payload {
-            record = record.payload(payload);
-        }
-        match producer.send(record, Duration::from_secs(5)).await {
-            Ok(_) => true,
-            Err((error, _)) => {
+        let (producer, to, key) = (
+            producer.clone(),
+            topic.to_string(),
+            self.instance_id.clone(),
+        );
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut record = BaseRecord::<str, Vec<u8>>::to(&to).key(&key);
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
+            producer.send(record).map_err(|(error, _)| error)?;
+            producer.flush(PUBLISH_TIMEOUT)?;
+            producer.context().take_error().map_or(Ok(()), Err)
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
                 warn!(%error, %topic, "advertising this instance");
                 false
             }
+            Err(error) => {
+                warn!(%error, %topic, "advertising this instance: the task failed");
+                false
+            }
+        }
+    }
+}
+
+/// How long one advert may take to be delivered.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The directory producer's delivery reports: the error of the last failed one, until
+/// [`Directory::publish`] takes it.
+#[derive(Default)]
+struct AdvertDeliveries {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl AdvertDeliveries {
+    fn take_error(&self) -> Option<KafkaError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl ClientContext for AdvertDeliveries {}
+
+impl ProducerContext for AdvertDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
         }
     }
 }
