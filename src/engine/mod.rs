@@ -292,14 +292,20 @@ impl Engine {
                 Some(_) => {}
             }
         }
-        let known = graph
-            .milestones
-            .iter()
-            .filter_map(|node| self.rules.milestone_id(&node.name))
-            .fold(MilestoneSet::default(), |mut known, id| {
-                known.insert(id);
-                known
-            });
+        // Every reached milestone has a node now, one each: with no more nodes than that,
+        // they are all. More are from other rules, looked up by name.
+        let known = if graph.milestones.len() == eval.reached.len() {
+            eval.reached
+        } else {
+            graph
+                .milestones
+                .iter()
+                .filter_map(|node| self.rules.milestone_id(&node.name))
+                .fold(eval.reached, |mut known, id| {
+                    known.insert(id);
+                    known
+                })
+        };
         self.settled(
             graph,
             Standing {
@@ -732,6 +738,47 @@ evidence = [{ event_types = ["QualityCheck", "QualityCheck"], at_least = 2 }]
             ],
         );
         assert!(has(&two, "checked"), "{two:?}");
+    }
+
+    #[test]
+    fn records_carry_the_status_of_milestones_reached_under_other_rules_too() {
+        let model = |version: &str, b_by: &str| {
+            format!(
+                r#"
+version = "{version}"
+[items]
+ordered = "A"
+[[milestone]]
+name = "a"
+rank = 10
+evidence = [{{ event_types = ["A"] }}]
+[[milestone]]
+name = "c"
+rank = 15
+evidence = [{{ event_types = ["C"] }}]
+[[milestone]]
+name = "b"
+rank = 20
+evidence = [{{ event_types = ["{b_by}"] }}]
+"#
+            )
+        };
+        let old = Engine::new(Arc::new(Rules::parse(&model("old", "B"), "old").unwrap()));
+        let new = Engine::new(Arc::new(
+            Rules::parse(&model("new", "Bnew"), "new").unwrap(),
+        ));
+        let mut graph = OrderGraph::new("A");
+        old.apply(&mut graph, event("a", "A", 1, &[]));
+        old.apply(&mut graph, event("b", "B", 2, &[]));
+        // The new rules no longer reach `b`, but it was reported: it stays the status, in
+        // the records of the full evaluation and of the events settled one at a time after.
+        let changes = new.apply(&mut graph, event("c", "C", 3, &[])).changes;
+        let statuses: Vec<&str> = changes.iter().map(|c| c.status.as_str()).collect();
+        assert_eq!(statuses, ["b"]);
+        assert_eq!(new.status(&graph).map(|s| s.as_str()), Some("b"));
+        let changes = new.apply(&mut graph, event("b2", "Bnew", 4, &[])).changes;
+        assert_eq!(changes.len(), 0, "b was reported already: {changes:?}");
+        assert_eq!(new.status(&graph).map(|s| s.as_str()), Some("b"));
     }
 
     #[test]

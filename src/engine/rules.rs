@@ -66,6 +66,9 @@ impl MilestoneSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
     /// The highest id in the set: the milestone of highest rank.
     pub fn highest(self) -> Option<MilestoneId> {
         (self.0 != 0).then(|| 63 - self.0.leading_zeros() as usize)
