@@ -26,6 +26,15 @@ async fn send_all(producer: &FutureProducer, topic: &str, values: &[&str]) {
     }
 }
 
+/// A transactional, idempotent producer's configuration, its transactional id unique.
+fn transactional(name: &str) -> rdkafka::ClientConfig {
+    let mut config = common::client_config();
+    config
+        .set("transactional.id", common::unique_transactional_id(name))
+        .set("enable.idempotence", "true");
+    config
+}
+
 /// Reads partition 0 of `topic` from the beginning to its end (as this isolation level
 /// sees it) and returns the payloads in order.
 async fn read_all(topic: &str, isolation_level: &str) -> Vec<String> {
@@ -70,12 +79,7 @@ async fn read_committed_sees_only_committed_transactions() {
     let topic = common::unique_topic("kafka_transactions");
     common::create_topic(&topic, 1).await;
 
-    let producer: FutureProducer = common::client_config()
-        .set(
-            "transactional.id",
-            common::unique_transactional_id("kafka_transactions"),
-        )
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = transactional("kafka_transactions")
         .create()
         .expect("creating the transactional producer");
     producer
@@ -133,12 +137,7 @@ async fn abort_with_records_in_flight_completes_and_the_producer_goes_on() {
     let topic = common::unique_topic("kafka_transactions_abort");
     common::create_topic(&topic, 1).await;
 
-    let producer: BaseProducer = common::client_config()
-        .set(
-            "transactional.id",
-            common::unique_transactional_id("kafka_transactions_abort"),
-        )
-        .set("enable.idempotence", "true")
+    let producer: BaseProducer = transactional("kafka_transactions_abort")
         .create()
         .expect("creating the transactional producer");
     producer
@@ -195,12 +194,7 @@ async fn a_flush_sends_lingering_records_at_once() {
     common::require_kafka();
     let topic = common::unique_topic("kafka_transactions_linger");
     common::create_topic(&topic, 1).await;
-    let producer: BaseProducer = common::client_config()
-        .set(
-            "transactional.id",
-            common::unique_transactional_id("kafka_transactions_linger"),
-        )
-        .set("enable.idempotence", "true")
+    let producer: BaseProducer = transactional("kafka_transactions_linger")
         .set("linger.ms", "5000")
         .create()
         .expect("creating the transactional producer");
