@@ -99,9 +99,7 @@ impl Topic {
                 RDKafkaErrorCode::InvalidTopic,
             ))
     }
-}
 
-impl Topic {
     /// librdkafka's handle, as a delivery report's `rkt` names it.
     pub fn as_ptr(&self) -> *mut rdsys::rd_kafka_topic_t {
         self.rkt.as_ptr()

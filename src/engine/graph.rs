@@ -192,6 +192,10 @@ impl OrderGraph {
         self.events.iter().any(|e| same(&e.event_id, event_id))
     }
 
+    pub(crate) fn milestone(&self, name: &str) -> Option<&MilestoneNode> {
+        self.milestones.iter().find(|m| same(&m.name, name))
+    }
+
     pub(crate) fn milestone_mut(&mut self, name: &str) -> Option<&mut MilestoneNode> {
         self.milestones.iter_mut().find(|m| same(&m.name, name))
     }

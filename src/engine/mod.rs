@@ -395,7 +395,7 @@ impl Engine {
         let mut confirmations = 0u64;
         for &(id, change) in changed {
             let name = &self.rules.milestones()[id].name;
-            let Some(node) = graph.milestones.iter().find(|m| text::same(&m.name, name)) else {
+            let Some(node) = graph.milestone(name) else {
                 continue;
             };
             let mut evidence: Vec<CompactString> = node
@@ -497,11 +497,7 @@ impl Step {
             }
         }
         let name = &rules.milestones()[id].name;
-        let Some(at) = graph
-            .milestones
-            .iter()
-            .position(|m| text::same(&m.name, name))
-        else {
+        let Some(inferred) = graph.milestone(name).map(|node| node.inferred) else {
             let evidence = self.inferred_evidence(rules, graph, implying);
             graph.milestones.push(MilestoneNode {
                 name: name.clone(),
@@ -515,11 +511,12 @@ impl Step {
             || implying.is_empty()
             || !implying.intersection(self.matched).is_empty();
         // A node confirmed before keeps what it has.
-        if graph.milestones[at].inferred && stale {
+        if inferred && stale {
             let evidence = self.inferred_evidence(rules, graph, implying);
-            let node = &mut graph.milestones[at];
-            node.reached_at = None;
-            node.evidence = evidence;
+            if let Some(node) = graph.milestone_mut(name) {
+                node.reached_at = None;
+                node.evidence = evidence;
+            }
         }
         None
     }
@@ -545,8 +542,7 @@ impl Step {
             if !self.before.evidenced.contains(by) {
                 continue; // evidenced by this event alone
             }
-            let name = &rules.milestones()[by].name;
-            if let Some(node) = graph.milestones.iter().find(|m| text::same(&m.name, name)) {
+            if let Some(node) = graph.milestone(&rules.milestones()[by].name) {
                 behind.extend(node.evidence.iter().filter(|&&i| i != self.index));
             }
         }

@@ -36,9 +36,8 @@ const SLICE: Duration = Duration::from_millis(25);
 /// written per partition (the stores' checkpoints after a commit). A failed delivery needs
 /// no tracking here: it makes the transaction's commit fail, and the commit aborts.
 pub(crate) struct Deliveries {
-    changelog: String,
-    /// The producer's handle of the changelog topic, once it has one
-    /// ([`Deliveries::changelog_is`]): a report's topic is then told by its handle, not by
+    /// The producer's handle of the changelog topic ([`Deliveries::changelog_is`], set
+    /// before anything is produced): a report's topic is told by its handle, not by
     /// reading and comparing its name, for each of the several hundred thousand reports a
     /// backlog's transactions get.
     changelog_topic: AtomicPtr<RDKafkaTopic>,
@@ -46,9 +45,8 @@ pub(crate) struct Deliveries {
 }
 
 impl Deliveries {
-    pub fn new(changelog: String) -> Deliveries {
+    pub fn new() -> Deliveries {
         Deliveries {
-            changelog,
             changelog_topic: AtomicPtr::new(std::ptr::null_mut()),
             last: Mutex::new(HashMap::new()),
         }
@@ -62,12 +60,7 @@ impl Deliveries {
     }
 
     fn is_changelog(&self, message: &BorrowedMessage<'_>) -> bool {
-        let known = self.changelog_topic.load(Ordering::Acquire);
-        if known.is_null() {
-            Message::topic(message) == self.changelog
-        } else {
-            message.topic_ptr() == known
-        }
+        message.topic_ptr() == self.changelog_topic.load(Ordering::Acquire)
     }
 }
 

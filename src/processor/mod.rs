@@ -254,8 +254,8 @@ fn member(
     // The producer first, so that its broker connections come up while the schemas are
     // looked up (`init_transactions` soon after the producer's creation would otherwise
     // wait for its coordinator's connection: see `txn::init_transactions`).
-    let producer: BaseProducer<Deliveries> = client_config(config, Role::TransactionalProducer)
-        .create_with_context(Deliveries::new(outputs.changelog.clone()))?;
+    let producer: BaseProducer<Deliveries> =
+        client_config(config, Role::TransactionalProducer).create_with_context(Deliveries::new())?;
     let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
     // The two output schemas are registered at once: each is a round trip to the registry
     // (18 to 30 ms measured against the local stack).
