@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use order_milestones::emit::txn::{self, Topic, TXN_TIMEOUT};
 use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
+use order_milestones::kafka::RECONNECT_BACKOFF_MS;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -97,7 +98,8 @@ pub fn forward_all(
         .set("bootstrap.servers", bootstrap)
         .set("transactional.id", transactional_id)
         .set("enable.idempotence", "true")
-        .set("linger.ms", txn::LINGER_MS.to_string());
+        .set("linger.ms", txn::LINGER_MS.to_string())
+        .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS.to_string());
     for (key, value) in producer_settings {
         producer_config.set(*key, *value);
     }
@@ -117,6 +119,7 @@ pub fn forward_all(
         .set("partition.assignment.strategy", "cooperative-sticky")
         // The service's consumer default (src/kafka.rs): no 1 s fetch backoff after a burst.
         .set("fetch.queue.backoff.ms", "10")
+        .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS.to_string())
         .create_with_context(Assigned::default())?;
     consumer.subscribe(&[input])?;
     // As the service does: resumed in short calls, or librdkafka's producer-id timer can
