@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use order_milestones::state::{
-    restore, MemoryStore, Opened, PartitionStore, RestoreProgress, StateConfig, StateDir,
+    restore, MemoryStore, Opened, PartitionStore, RestoreProgress, Restorer, StateConfig, StateDir,
     StoreBatch,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -320,4 +320,56 @@ async fn a_restore_from_a_missing_topic_fails_instead_of_hanging() {
         started.elapsed()
     );
     eprintln!("missing topic: {error}");
+}
+
+#[tokio::test]
+async fn watermarks_read_for_many_partitions_at_once_are_those_a_restore_reads_alone() {
+    common::require_kafka();
+    let changelog = Changelog::new("state_restore_watermarks").await;
+    changelog
+        .transaction(&vec![put("o-1", "a"), put("o-2", "b")], true)
+        .await;
+    changelog.transaction(&vec![put("o-3", "c")], false).await;
+    // A transaction still open: read_committed ends before it.
+    changelog.producer.begin_transaction().expect("begin");
+    let open = FutureRecord::<str, str>::to(&changelog.topic)
+        .key("o-4")
+        .payload("d");
+    changelog
+        .producer
+        .send(open, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing into the open transaction: {e}"));
+
+    let topic = changelog.topic.clone();
+    let (together, alone, uncommitted) = tokio::task::spawn_blocking(move || {
+        let restorer = Restorer::new(&common::client_config(), &topic, 0).expect("restorer");
+        // Partition 3 does not exist: left out, for its restore to report.
+        let together = restorer.watermarks(&topic, &[0, 3], Duration::from_secs(10));
+        let watermarks = |isolation| {
+            let consumer: BaseConsumer = common::client_config()
+                .set("isolation.level", isolation)
+                .create()
+                .expect("creating a watermark consumer");
+            consumer
+                .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+                .expect("reading the watermarks")
+        };
+        (
+            together,
+            watermarks("read_committed"),
+            watermarks("read_uncommitted"),
+        )
+    })
+    .await
+    .expect("the watermarks thread panicked");
+    // Two records and a marker, one aborted record and its marker: the last stable offset
+    // is 5, where the open transaction's record sits.
+    assert_eq!(alone, (0, 5));
+    assert_eq!(uncommitted.1, 6, "the open transaction's record is written");
+    assert_eq!(together, HashMap::from([(0, alone)]));
+    changelog
+        .producer
+        .abort_transaction(TXN_TIMEOUT)
+        .expect("abort");
 }

@@ -582,15 +582,20 @@ fn restore_pending(
     let changelog = config.changelog_topic();
     let partitions: Vec<i32> = pending.iter().map(|(_, partition)| *partition).collect();
     let stores = state_dir.open_partitions(&partitions);
+    // Every partition's watermarks in one go; a retried restore reads its own again.
+    let stall = Duration::from_millis(config.state.restore_stall_timeout_ms);
+    let mut watermarks = restorer.watermarks(&changelog, &partitions, stall);
     // The followed topics' partitions of the restored ones, from where they start.
     let mut follow = TopicPartitionList::new();
     for ((topic, partition), store) in pending.into_iter().zip(stores) {
         let (mut store, opened) = store?;
+        let mut known = watermarks.remove(&partition);
         let outcome = retry_restore(RESTORE_RETRY_FOR, RESTORE_RETRY_FIRST_WAIT, || {
-            let outcome = restorer.restore(
+            let outcome = restorer.restore_within(
                 &mut store,
                 &changelog,
                 partition,
+                known.take(),
                 &config.state,
                 &mut |progress| {
                     metrics.restore_progress(&progress);

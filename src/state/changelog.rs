@@ -12,6 +12,7 @@
 //! at all, so the end is known from the end-of-partition event rather than from a record at
 //! the high watermark.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -212,20 +213,87 @@ impl Restorer {
         config: &StateConfig,
         progress: &mut dyn FnMut(RestoreProgress),
     ) -> Result<RestoreOutcome, RestoreError> {
-        let outcome = restore_partition(&self.consumer, store, topic, partition, config, progress);
+        self.restore_within(store, topic, partition, None, config, progress)
+    }
+
+    /// [`Restorer::restore`], with the partition's watermarks (log start, last stable
+    /// offset) when they were just read for many partitions at once
+    /// ([`Restorer::watermarks`]); `None` reads them first.
+    pub fn restore_within<S: PartitionStore + ?Sized>(
+        &self,
+        store: &mut S,
+        topic: &str,
+        partition: i32,
+        watermarks: Option<Watermarks>,
+        config: &StateConfig,
+        progress: &mut dyn FnMut(RestoreProgress),
+    ) -> Result<RestoreOutcome, RestoreError> {
+        let outcome = restore_partition(
+            &self.consumer,
+            store,
+            topic,
+            partition,
+            watermarks,
+            config,
+            progress,
+        );
         // Whatever happened, the next restore starts from a consumer that holds nothing.
         if let Err(error) = self.consumer.unassign() {
             tracing::warn!(%error, topic, partition, "unassigning the restore consumer");
         }
         outcome
     }
+
+    /// The watermarks of `partitions` of the changelog `topic`, as a restore reads them
+    /// (`read_committed`: the log start and the last stable offset), in two requests to
+    /// each partition's leader, where a restore reads its own in two requests per
+    /// partition, one partition after the other. A partition whose watermarks could not be
+    /// read is left out: its restore reads them itself, and reports the error if there is
+    /// one.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        wait: Duration,
+    ) -> HashMap<i32, Watermarks> {
+        let ask = |at: Offset| {
+            let mut list = TopicPartitionList::new();
+            for &partition in partitions {
+                // A ListOffsets request's timestamps: -2 the log start, -1 the end.
+                list.add_partition_offset(topic, partition, at).ok()?;
+            }
+            let offsets = self.consumer.offsets_for_times(list, wait).ok()?;
+            Some(
+                offsets
+                    .elements()
+                    .into_iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(at) => Some((e.partition(), at)),
+                        _ => None,
+                    })
+                    .collect::<HashMap<i32, i64>>(),
+            )
+        };
+        let (Some(low), Some(high)) = (ask(Offset::Beginning), ask(Offset::End)) else {
+            return HashMap::new();
+        };
+        low.into_iter()
+            .filter_map(|(partition, low)| Some((partition, (low, *high.get(&partition)?))))
+            .collect()
+    }
 }
+
+/// A changelog partition's watermarks under `read_committed`: the log start offset and the
+/// last stable offset.
+pub type Watermarks = (i64, i64);
 
 fn restore_partition<S: PartitionStore + ?Sized>(
     consumer: &BaseConsumer<RestoreContext>,
     store: &mut S,
     topic: &str,
     partition: i32,
+    watermarks: Option<Watermarks>,
     config: &StateConfig,
     progress: &mut dyn FnMut(RestoreProgress),
 ) -> Result<RestoreOutcome, RestoreError> {
@@ -243,9 +311,12 @@ fn restore_partition<S: PartitionStore + ?Sized>(
     let wait = Duration::from_millis(config.restore_stall_timeout_ms);
 
     // Under read_committed these are the log start and the last stable offset.
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, wait)
-        .map_err(|e| kafka("reading the watermarks", e))?;
+    let (low, high) = match watermarks {
+        Some(known) => known,
+        None => consumer
+            .fetch_watermarks(topic, partition, wait)
+            .map_err(|e| kafka("reading the watermarks", e))?,
+    };
 
     let mut wiped = None;
     let mut checkpoint = store.checkpoint().map_err(store_error)?;
