@@ -83,9 +83,16 @@ enum Command {
         /// defaults. For example deploy/local/order_event_v2.avsc.
         #[arg(long)]
         writer_schema: Option<PathBuf>,
-        /// `occurred_at` of the first order, epoch milliseconds (orders start a minute apart).
+        /// `occurred_at` of the first order, epoch milliseconds (orders start a minute apart,
+        /// closer with more than 64 in flight: see --in-flight).
         #[arg(long, default_value_t = GenerateConfig::default().start_ms)]
         start_ms: i64,
+        /// How many orders are under way at once, their events interleaved: the larger, the
+        /// further apart an order's events lie in the stream (and in the service's
+        /// transactions). With more than 64, orders start proportionally closer together in
+        /// event time, so that those under way span the same hour. At least 1.
+        #[arg(long, default_value_t = GenerateConfig::default().in_flight)]
+        in_flight: usize,
         /// Produce at this many events per second (a steady load, for latency); default:
         /// as fast as the broker takes them.
         #[arg(long)]
@@ -222,6 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             writer_schema,
             start_ms,
+            in_flight,
             rate,
         } => {
             if let Some(rate) = rate {
@@ -239,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{name} is {share}: give a share from 0 to below 1"
                 );
             }
+            anyhow::ensure!(in_flight > 0, "--in-flight is 0: give at least 1");
             let format = format.as_deref().map(parse_format).transpose()?;
             let generate = GenerateConfig {
                 orders,
@@ -247,7 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 order_prefix,
                 start_ms,
-                ..GenerateConfig::default()
+                in_flight,
             };
             if topic.is_none() && config.is_none() {
                 anyhow::ensure!(

@@ -136,6 +136,36 @@ fn without_a_kafka_target_the_events_are_json_lines_on_stdout() {
 }
 
 #[test]
+fn in_flight_sets_how_many_orders_interleave() {
+    let order_runs = |in_flight: &str| {
+        let output = milestones(&["generate", "--orders", "30", "--in-flight", in_flight]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let orders: Vec<String> = String::from_utf8(output.stdout)
+            .expect("UTF-8")
+            .lines()
+            .map(|line| {
+                OrderEvent::from_json(line.as_bytes())
+                    .expect("an event")
+                    .order_id
+                    .to_string()
+            })
+            .collect();
+        let mut runs = orders.clone();
+        runs.dedup();
+        let mut distinct = orders;
+        distinct.sort_unstable();
+        distinct.dedup();
+        (runs.len(), distinct.len())
+    };
+    // One at a time: each order's events in one run.
+    assert_eq!(order_runs("1"), (30, 30));
+    // Thirty at once: their events interleave.
+    let (runs, orders) = order_runs("30");
+    assert_eq!(orders, 30);
+    assert!(runs > 60, "{runs} runs of one order's events");
+}
+
+#[test]
 fn with_a_config_the_events_go_to_its_first_input_topic_in_its_format() {
     common::require_kafka();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -242,6 +272,10 @@ fn bad_arguments_are_one_line_and_exit_1() {
             "--format, --rate and --writer-schema are for Kafka: give --topic or --config",
         );
     }
+    assert_refused(
+        &["generate", "--in-flight", "0"],
+        "--in-flight is 0: give at least 1",
+    );
     assert_refused(
         &["generate", "--topic", "t", "--rate", "0"],
         "--rate is 0: give events per second above 0",

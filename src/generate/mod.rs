@@ -49,11 +49,24 @@ impl Default for GenerateConfig {
             redelivered: 0.05,
             seed: 42,
             order_prefix: "O-".into(),
-            in_flight: 64,
+            in_flight: DEFAULT_IN_FLIGHT,
             start_ms: 1_700_000_000_000,
         }
     }
 }
+
+impl GenerateConfig {
+    /// How far apart in event time orders start: a minute, and closer with more than
+    /// [`DEFAULT_IN_FLIGHT`] orders in flight, so that the orders under way at once span
+    /// the same hour of event time however many they are (a busier shop, not a longer
+    /// day). Each order's own events span hours.
+    pub fn start_interval_ms(&self) -> i64 {
+        MINUTE * DEFAULT_IN_FLIGHT as i64 / self.in_flight.max(DEFAULT_IN_FLIGHT) as i64
+    }
+}
+
+/// How many orders are in flight by default.
+pub const DEFAULT_IN_FLIGHT: usize = 64;
 
 /// The stream of events, as an iterator; memory stays bounded by `in_flight` orders.
 pub struct Generator {
@@ -85,8 +98,7 @@ impl Iterator for Generator {
                 let n = self.next_order;
                 self.next_order += 1;
                 let id = format!("{}{n:07}", self.config.order_prefix);
-                // Orders start a minute apart; each one's own events span hours.
-                let start = self.config.start_ms + n as i64 * 60_000;
+                let start = self.config.start_ms + n as i64 * self.config.start_interval_ms();
                 let events = order_lifecycle(&mut self.rng, &id, start);
                 let deliveries = disorder(
                     &mut self.rng,
@@ -282,6 +294,42 @@ pub fn disorder(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn orders_under_way_at_once_span_the_same_hour_however_many() {
+        let interval = |in_flight| {
+            GenerateConfig {
+                in_flight,
+                ..GenerateConfig::default()
+            }
+            .start_interval_ms()
+        };
+        assert_eq!(interval(DEFAULT_IN_FLIGHT), MINUTE);
+        assert_eq!(interval(1), MINUTE, "fewer: still a minute apart");
+        assert_eq!(interval(640), MINUTE / 10);
+        assert_eq!(interval(20_000), 192);
+        // The generated orders follow: 640 of them, all in flight at once, start within
+        // the hour that 64 do by default.
+        let last_start = |in_flight: usize| {
+            let config = GenerateConfig {
+                orders: in_flight as u64,
+                in_flight,
+                ..GenerateConfig::default()
+            };
+            let first = config.start_ms;
+            let last = Generator::new(config)
+                .filter(|e| e.event_type == "OrderCreated")
+                .map(|e| e.occurred_at)
+                .max()
+                .expect("orders");
+            last - first
+        };
+        assert_eq!(last_start(64), 63 * MINUTE);
+        assert_eq!(last_start(640), 639 * MINUTE / 10);
+    }
+
     #[test]
     fn paced_items_come_no_faster_than_the_rate() {
         let started = std::time::Instant::now();
@@ -290,9 +338,6 @@ mod tests {
         // The 21st item is due 20 ms after the first.
         assert!(started.elapsed() >= std::time::Duration::from_millis(20));
     }
-
-    use super::*;
-    use std::collections::HashSet;
 
     #[test]
     fn the_stream_has_the_shares_it_was_asked_for() {
