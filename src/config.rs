@@ -143,10 +143,12 @@ pub struct ProcessingConfig {
     /// producer. 0, the default, is one per CPU core the process may use.
     #[serde(default)]
     pub workers: u16,
-    /// How many events of a partition after an order's last event its state and view are
-    /// written out (changelog and status records produced, the graph dropped) instead of at
-    /// the commit, while the graph is still in the processor's cache. An order that gets
-    /// another event later in the transaction is written out again. 0: only at the commit.
+    /// How many events of a partition after a finished order's last event (its status
+    /// final: delivered, cancelled) its state and view are written out (changelog and
+    /// status records produced, the graph dropped) instead of at the commit, while the
+    /// graph is still in the processor's cache. An order that gets another event later in
+    /// the transaction is written out again. Orders under way are written at the commit,
+    /// once per transaction however many events they get. 0: only at the commit.
     /// Default 256.
     #[serde(default = "default_write_out_after_events")]
     pub write_out_after_events: u32,

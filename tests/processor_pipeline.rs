@@ -205,11 +205,13 @@ fn two_processing_threads_equal_simulate() {
     processes_like_simulate("threads", events, parallelism(2, 2));
 }
 
-/// Orders written out three events of their partition after their last one, so nearly at
-/// every event (200 orders in flight over three partitions), and read back from their
-/// written state at the next: the same answer as when written out at the commit.
+/// Finished orders written out three events of their partition after their last one, and
+/// read back from their written state when a late event of theirs comes (out of order or
+/// redelivered), in transactions of seconds: the same answer as when written out at the
+/// commit. Orders under way (200 in flight over three partitions) are written at the
+/// commit only.
 #[test]
-fn orders_written_out_and_read_back_within_a_transaction_equal_simulate() {
+fn finished_orders_written_out_and_read_back_within_a_transaction_equal_simulate() {
     let orders = 1000;
     let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
         orders,
@@ -221,15 +223,17 @@ fn orders_written_out_and_read_back_within_a_transaction_equal_simulate() {
     let run = processes_like_simulate("written-out", events, |config| {
         config.processing.workers = 2;
         config.processing.write_out_after_events = 3;
+        config.processing.commit_interval_ms = 3_000;
     });
-    // Read back at nearly every event (about ten per order) and written out again.
+    // Late events of finished orders: about three per ten orders. Were orders under way
+    // written out too, nearly every event would be read back (about ten per order).
     let read_back = run.metric("milestones_orders_read_back_total");
     assert!(
-        read_back >= 5.0 * orders as f64,
+        (30.0..=orders as f64).contains(&read_back),
         "{read_back} orders read back for {orders} orders"
     );
     assert!(
-        run.views >= 5 * orders as usize,
+        run.views >= orders as usize,
         "{} views for {orders} orders",
         run.views
     );

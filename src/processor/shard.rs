@@ -7,7 +7,7 @@
 //!
 //! What a shard does for the transaction happens in three steps, which [`super::core::Core`]
 //! runs for all shards at once: [`Shard::process`] for each record (decode, apply, change
-//! records; and the changelog record and view of each order whose last event is
+//! records; and the changelog record and view of each finished order whose last event is
 //! [`Settings::write_out_after`] events of its partition back), [`Shard::prepare`] at commit
 //! (changelog records and views of the orders not written out yet, retention tombstones),
 //! then [`Shard::committed`] (the store writes) or [`Shard::aborted`].
@@ -61,12 +61,15 @@ pub(crate) struct Settings {
     pub commit_interval: Duration,
     /// How long a finished order stays in state after its last event, in stream time (ms).
     pub finished_retention_ms: i64,
-    /// How many events of a partition after an order's last one the order is written out
-    /// (its state encoded, its changelog record and view produced, its graph dropped)
-    /// rather than at the commit; 0 for at the commit only. An order's events come close
-    /// together, and a transaction's graphs, megabytes under a backlog, are out of the
-    /// processor's cache by the time the commit would read them again. An order that gets
-    /// another event after that is read back from its written state and written out again.
+    /// How many events of a partition after a finished order's last one (its status final:
+    /// delivered, cancelled) the order is written out (its state encoded, its changelog
+    /// record and view produced, its graph dropped) rather than at the commit; 0 for at the
+    /// commit only. A transaction's graphs, megabytes under a backlog, are out of the
+    /// processor's cache by the time the commit would read them again, and a finished order
+    /// rarely gets another event; if it does, it is read back from its written state and
+    /// written out again. Orders under way are written at the commit: their events may lie
+    /// far apart, and written out after each they would cost a changelog record and a view
+    /// per event instead of per transaction.
     pub write_out_after: usize,
 }
 
@@ -142,8 +145,8 @@ pub(crate) struct Task {
     /// transaction did. Keyed by order id with a fast hash: looked up at every event.
     pub dirty: FxHashMap<CompactString, Changed>,
     /// The orders of the partition's last [`Settings::write_out_after`] events, oldest first,
-    /// each with the count of its event: an order whose last event leaves this window is
-    /// written out.
+    /// each with the count of its event: a finished order whose last event leaves this
+    /// window is written out.
     recent: VecDeque<(CompactString, u64)>,
     /// The events the partition processed since it was assigned.
     touches: u64,
@@ -182,8 +185,8 @@ impl Task {
     }
 
     /// Notes an event of the open order `order_id` (whose `touched` is [`Task::touches`]),
-    /// then writes out the orders whose last event left the window of the partition's last
-    /// [`Settings::write_out_after`] events.
+    /// then writes out the finished orders whose last event left the window of the
+    /// partition's last [`Settings::write_out_after`] events.
     fn touched(
         &mut self,
         shared: &Shared,
@@ -205,7 +208,12 @@ impl Task {
                 continue;
             };
             match changed {
-                Changed::Open { graph, touched } if *touched == touch => {
+                // Finished orders only: one under way gets more events, and writing it out at
+                // each would send its changelog record and view per event rather than per
+                // transaction when its events lie far apart (live traffic).
+                Changed::Open { graph, touched }
+                    if *touched == touch && shared.engine.finished_at(graph).is_some() =>
+                {
                     let state = write_out(shared, partition, &order_id, graph, buffer)?;
                     *changed = Changed::Written(state); // the graph is dropped while in cache
                 }
