@@ -11,6 +11,7 @@
 //! | [`duplicate_event`](Metrics::duplicate_event) | `milestones_duplicate_events_total` |
 //! | [`out_of_order_event`](Metrics::out_of_order_event) | `milestones_out_of_order_events_total` |
 //! | [`order_read_back`](Metrics::order_read_back) | `milestones_orders_read_back_total` |
+//! | [`order_loaded`](Metrics::order_loaded) | `milestones_orders_from_memory_total`, `milestones_orders_from_store_total` |
 //! | [`milestone_reached`](Metrics::milestone_reached) | `milestones_reached_total{milestone, inferred}`, `milestones_placeholders_inferred_total` |
 //! | [`placeholder_confirmed`](Metrics::placeholder_confirmed) | `milestones_placeholders_confirmed_total` |
 //! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log) |
@@ -52,6 +53,8 @@ pub const EVENTS_IN: &str = "milestones_events_in_total";
 pub const DUPLICATE_EVENTS: &str = "milestones_duplicate_events_total";
 pub const OUT_OF_ORDER_EVENTS: &str = "milestones_out_of_order_events_total";
 pub const ORDERS_READ_BACK: &str = "milestones_orders_read_back_total";
+pub const ORDERS_FROM_MEMORY: &str = "milestones_orders_from_memory_total";
+pub const ORDERS_FROM_STORE: &str = "milestones_orders_from_store_total";
 pub const PLACEHOLDERS_INFERRED: &str = "milestones_placeholders_inferred_total";
 pub const PLACEHOLDERS_CONFIRMED: &str = "milestones_placeholders_confirmed_total";
 pub const MILESTONES_REACHED: &str = "milestones_reached_total";
@@ -148,6 +151,8 @@ pub struct Metrics {
     duplicate_events: IntCounter,
     out_of_order_events: IntCounter,
     orders_read_back: IntCounter,
+    orders_from_memory: IntCounter,
+    orders_from_store: IntCounter,
     placeholders_inferred: IntCounter,
     placeholders_confirmed: IntCounter,
     milestones_reached: IntCounterVec,
@@ -213,9 +218,25 @@ impl Metrics {
                 r,
                 IntCounter::new(
                     ORDERS_READ_BACK,
-                    "Orders that got another event after they were written out in the same \
-                     transaction (processing.write_out_after_events): read back from their \
-                     state and written out again.",
+                    "Finished orders that got another event after they were written out in \
+                     the same transaction (processing.write_out_after_events): read back from \
+                     their state and written out again.",
+                )?,
+            )?,
+            orders_from_memory: register(
+                r,
+                IntCounter::new(
+                    ORDERS_FROM_MEMORY,
+                    "Orders that a transaction changed and found in memory as an earlier \
+                     transaction committed them (processing.kept_orders).",
+                )?,
+            )?,
+            orders_from_store: register(
+                r,
+                IntCounter::new(
+                    ORDERS_FROM_STORE,
+                    "Orders that a transaction changed and read from the state store \
+                     (not kept in memory, or not any more).",
                 )?,
             )?,
             placeholders_inferred: register(
@@ -499,10 +520,20 @@ impl Metrics {
         self.out_of_order_events.inc();
     }
 
-    /// An order that got another event after it was written out in the same transaction:
-    /// read back from its state, to be written out again.
+    /// A finished order that got another event after it was written out in the same
+    /// transaction: read back from its state, to be written out again.
     pub fn order_read_back(&self) {
         self.orders_read_back.inc();
+    }
+
+    /// An order that the open transaction changed for the first time, found `in_memory`
+    /// as an earlier transaction committed it, or else read from the store.
+    pub fn order_loaded(&self, in_memory: bool) {
+        if in_memory {
+            self.orders_from_memory.inc();
+        } else {
+            self.orders_from_store.inc();
+        }
     }
 
     /// A milestone newly reached by an order: a change record that is not a confirmation.
@@ -759,7 +790,7 @@ fn saturating_i64(value: u64) -> i64 {
 /// count at once on several threads, and a shared atomic counter incremented per event
 /// would have the cores pass its memory back and forth. Counts exactly as
 /// [`Metrics::event_in`], [`Metrics::milestone_reached`], [`Metrics::duplicate_event`],
-/// [`Metrics::out_of_order_event`], [`Metrics::order_read_back`] and
+/// [`Metrics::out_of_order_event`], [`Metrics::order_read_back`], [`Metrics::order_loaded`] and
 /// [`Metrics::placeholder_confirmed`] do.
 #[derive(Default)]
 pub struct LocalCounters {
@@ -770,6 +801,8 @@ pub struct LocalCounters {
     duplicates: u64,
     out_of_order: u64,
     read_back: u64,
+    from_memory: u64,
+    from_store: u64,
     placeholders_inferred: u64,
     placeholders_confirmed: u64,
 }
@@ -817,6 +850,15 @@ impl LocalCounters {
         self.read_back += 1;
     }
 
+    /// [`Metrics::order_loaded`].
+    pub fn order_loaded(&mut self, in_memory: bool) {
+        if in_memory {
+            self.from_memory += 1;
+        } else {
+            self.from_store += 1;
+        }
+    }
+
     /// [`Metrics::placeholder_confirmed`].
     pub fn placeholder_confirmed(&mut self) {
         self.placeholders_confirmed += 1;
@@ -835,6 +877,8 @@ impl LocalCounters {
             (&metrics.duplicate_events, &mut self.duplicates),
             (&metrics.out_of_order_events, &mut self.out_of_order),
             (&metrics.orders_read_back, &mut self.read_back),
+            (&metrics.orders_from_memory, &mut self.from_memory),
+            (&metrics.orders_from_store, &mut self.from_store),
             (
                 &metrics.placeholders_inferred,
                 &mut self.placeholders_inferred,
@@ -910,6 +954,9 @@ mod tests {
         m.duplicate_event();
         m.out_of_order_event();
         m.order_read_back();
+        m.order_loaded(true);
+        m.order_loaded(false);
+        m.order_loaded(false);
         m.milestone_reached("ordered", true);
         m.milestone_reached("ready", false);
         m.placeholder_confirmed();
@@ -934,6 +981,8 @@ mod tests {
             "milestones_duplicate_events_total 1",
             "milestones_out_of_order_events_total 1",
             "milestones_orders_read_back_total 1",
+            "milestones_orders_from_memory_total 1",
+            "milestones_orders_from_store_total 2",
             "milestones_placeholders_inferred_total 1",
             "milestones_placeholders_confirmed_total 1",
             r#"milestones_reached_total{inferred="true",milestone="ordered"} 1"#,
@@ -979,6 +1028,8 @@ mod tests {
         local.out_of_order_event();
         local.order_read_back();
         local.order_read_back();
+        local.order_loaded(true);
+        local.order_loaded(false);
         local.placeholder_confirmed();
         assert!(
             has(&m, "milestones_placeholders_inferred_total 0"),
@@ -995,6 +1046,8 @@ mod tests {
             "milestones_duplicate_events_total 1",
             "milestones_out_of_order_events_total 1",
             "milestones_orders_read_back_total 2",
+            "milestones_orders_from_memory_total 1",
+            "milestones_orders_from_store_total 1",
         ] {
             assert!(has(&m, line), "missing {line:?} in\n{}", m.encode_text());
         }

@@ -238,3 +238,41 @@ fn finished_orders_written_out_and_read_back_within_a_transaction_equal_simulate
         run.views
     );
 }
+
+/// Orders whose events lie transactions apart (all 2,000 in flight at once, transactions of
+/// 5 ms): each transaction starts from the graphs the ones before committed, kept in
+/// memory, or, with `processing.kept_orders = 0`, from their stored state. The same answer
+/// either way.
+#[test]
+fn orders_spread_over_transactions_equal_simulate_from_memory_or_from_the_store() {
+    let orders = 2000;
+    for kept in [4096, 0] {
+        let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
+            orders,
+            in_flight: orders as usize,
+            order_prefix: format!("K{kept}-{}-", std::process::id()),
+            ..GenerateConfig::default()
+        })
+        .collect();
+        let run = processes_like_simulate(&format!("kept-{kept}"), events, |config| {
+            config.processing.workers = 2;
+            config.processing.commit_interval_ms = 5;
+            config.processing.kept_orders = kept;
+        });
+        let memory = run.metric("milestones_orders_from_memory_total");
+        let store = run.metric("milestones_orders_from_store_total");
+        eprintln!("kept {kept}: {memory} orders from memory, {store} from the store");
+        if kept > 0 {
+            // Only late events of finished orders (not kept) read the store.
+            assert!(
+                memory >= orders as f64 && memory > 4.0 * store,
+                "kept {kept}: {memory} orders from memory, {store} from the store"
+            );
+        } else {
+            assert!(
+                memory == 0.0 && store >= orders as f64,
+                "kept {kept}: {memory} orders from memory, {store} from the store"
+            );
+        }
+    }
+}

@@ -614,7 +614,8 @@ fn restore_pending(
         );
         orders.serve(partition, store.reader());
         health.partition_ready(partition);
-        let shard = lock(core).add_task(partition, Task::new(store)?);
+        let task = Task::new(store, config.processing.kept_orders as usize)?;
+        let shard = lock(core).add_task(partition, task);
         let lane = |at: Option<usize>| {
             at.and_then(|at| fetches.get(at)).ok_or_else(|| {
                 ProcessorError::Internal(format!("shard {shard} has no such fetch queue"))

@@ -159,11 +159,77 @@ pub(crate) struct Task {
     committed_stream_time: i64,
     /// Where the next retention sweep goes on from (the store wraps around to the start).
     sweep_from: Vec<u8>,
+    /// Orders under way as the last commits left them, for their next events.
+    kept: Kept,
+}
+
+/// The graphs of the orders under way that the last transactions committed, at most
+/// `capacity`, the least recently committed going first: an order's next event, in a later
+/// transaction, then starts from its graph as it is in memory (where its milestones stand
+/// included) rather than from its stored state, read, decoded and evaluated again. An order
+/// is in the cache or in the open transaction's [`Task::dirty`], never both: taken out at
+/// its next event, and kept again only once that transaction commits, so an abort leaves
+/// nothing here that the store does not hold. Each graph equals the state written for it.
+#[derive(Default)]
+struct Kept {
+    graphs: FxHashMap<CompactString, (OrderGraph, u64)>,
+    /// Keys in the order they were kept, each with the stamp it was kept with: an entry
+    /// whose order was taken out, or kept again since, is stale and skipped.
+    order: VecDeque<(CompactString, u64)>,
+    next: u64,
+    capacity: usize,
+}
+
+impl Kept {
+    fn new(capacity: usize) -> Kept {
+        Kept {
+            capacity,
+            ..Kept::default()
+        }
+    }
+
+    /// The order's graph, out of the cache, if it is there.
+    fn take(&mut self, order_id: &str) -> Option<OrderGraph> {
+        self.graphs.remove(order_id).map(|(graph, _)| graph)
+    }
+
+    /// Keeps `graph`, the committed state of `order_id`, dropping the least recently kept
+    /// graphs beyond the capacity.
+    fn keep(&mut self, order_id: CompactString, graph: OrderGraph) {
+        if self.capacity == 0 {
+            return;
+        }
+        let stamp = self.next;
+        self.next += 1;
+        self.order.push_back((order_id.clone(), stamp));
+        self.graphs.insert(order_id, (graph, stamp));
+        while self.graphs.len() > self.capacity {
+            let Some((order_id, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self.graphs.get(&order_id).is_some_and(|(_, s)| *s == stamp) {
+                self.graphs.remove(&order_id);
+            }
+        }
+        // Stale entries of orders taken out and not kept again: dropped once they are most.
+        if self.order.len() > 2 * self.graphs.len() + 1024 {
+            let graphs = &self.graphs;
+            self.order
+                .retain(|(order_id, stamp)| graphs.get(order_id).is_some_and(|(_, s)| s == stamp));
+        }
+    }
+
+    fn forget(&mut self, order_id: &[u8]) {
+        if let Ok(order_id) = std::str::from_utf8(order_id) {
+            self.graphs.remove(order_id);
+        }
+    }
 }
 
 impl Task {
-    /// A restored partition's task, with the stream time its store holds.
-    pub fn new(store: RocksStore) -> Result<Task, ProcessorError> {
+    /// A restored partition's task, with the stream time its store holds, keeping up to
+    /// `kept_orders` orders under way in memory between transactions.
+    pub fn new(store: RocksStore, kept_orders: usize) -> Result<Task, ProcessorError> {
         let stream_time = match store.get(STREAM_TIME_KEY)? {
             Some(bytes) => decode_stream_time(&bytes).ok_or_else(|| {
                 ProcessorError::Internal(format!(
@@ -181,6 +247,7 @@ impl Task {
             stream_time,
             committed_stream_time: stream_time,
             sweep_from: Vec::new(),
+            kept: Kept::new(kept_orders),
         })
     }
 
@@ -221,6 +288,18 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the graphs of the orders under way that the transaction just committed changed,
+    /// for their next events ([`Kept`]).
+    fn keep_committed(&mut self, engine: &Engine) {
+        for (order_id, changed) in self.dirty.drain() {
+            if let Changed::Open { graph, .. } = changed {
+                if engine.finished_at(&graph).is_none() {
+                    self.kept.keep(order_id, graph);
+                }
+            }
+        }
     }
 
     /// Forgets what the open transaction changed, once it committed or aborted.
@@ -451,9 +530,18 @@ impl Shard {
                 changed
             }
             Entry::Vacant(entry) => {
-                let stored = match task.store.get(event.order_id.as_bytes())? {
-                    Some(bytes) => Some(codec::decode(&bytes).map_err(corrupt)?),
-                    None => None,
+                let stored = match task.kept.take(&event.order_id) {
+                    Some(graph) => {
+                        counters.order_loaded(true);
+                        Some(graph)
+                    }
+                    None => match task.store.get(event.order_id.as_bytes())? {
+                        Some(bytes) => {
+                            counters.order_loaded(false);
+                            Some(codec::decode(&bytes).map_err(corrupt)?)
+                        }
+                        None => None,
+                    },
                 };
                 if expired(stored.as_ref()) {
                     return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
@@ -580,6 +668,8 @@ impl Shard {
                 // No payload: a tombstone, which compaction turns into no record at all.
                 send_to(producer, &topics.changelog, Some(partition), order_id, None)?;
                 batch.delete(order_id.as_slice());
+                // Finished, so not kept; should it be, it must not outlive its state.
+                task.kept.forget(order_id);
             }
             metrics.orders_expired(expired.len());
             if task.stream_time != task.committed_stream_time {
@@ -623,6 +713,7 @@ impl Shard {
                 }
                 // In the store now: the order API's event streams may read it.
                 shared.orders.committed(task.dirty.keys());
+                task.keep_committed(&shared.engine);
                 task.clear_changes();
                 task.committed_stream_time = task.stream_time;
                 shared
