@@ -512,6 +512,9 @@ fn handle<R: InputRecord>(
 /// instance gives up and stops.
 const RESTORE_RETRY_FOR: Duration = Duration::from_secs(60);
 
+/// The most the watermarks of a rebalance's partitions are waited for at once.
+const WATERMARKS_WAIT: Duration = Duration::from_secs(5);
+
 /// The wait after a first retriable restore error; it doubles, up to 5 s.
 const RESTORE_RETRY_FIRST_WAIT: Duration = Duration::from_millis(200);
 
@@ -582,9 +585,10 @@ fn restore_pending(
     let changelog = config.changelog_topic();
     let partitions: Vec<i32> = pending.iter().map(|(_, partition)| *partition).collect();
     let stores = state_dir.open_partitions(&partitions);
-    // Every partition's watermarks in one go; a retried restore reads its own again.
-    let stall = Duration::from_millis(config.state.restore_stall_timeout_ms);
-    let mut watermarks = restorer.watermarks(&changelog, &partitions, stall);
+    // Every partition's watermarks in one go; a restore that has none (the changelog's
+    // leader unknown for a few seconds) or is retried reads its own, with the full budget.
+    let wait = Duration::from_millis(config.state.restore_stall_timeout_ms).min(WATERMARKS_WAIT);
+    let mut watermarks = restorer.watermarks(&changelog, &partitions, wait);
     // The followed topics' partitions of the restored ones, from where they start.
     let mut follow = TopicPartitionList::new();
     for ((topic, partition), store) in pending.into_iter().zip(stores) {
