@@ -40,6 +40,17 @@ async fn create_changelog(name: &str) {
     }
 }
 
+/// Partition 0's watermarks (log start, end) as a consumer with `isolation` reads them.
+fn watermarks(topic: &str, isolation: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = common::client_config()
+        .set("isolation.level", isolation)
+        .create()
+        .expect("creating a watermark consumer");
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("reading the watermarks")
+}
+
 /// What one transaction writes: `(key, Some(value))` or a tombstone `(key, None)`.
 type Txn = Vec<(String, Option<String>)>;
 
@@ -92,16 +103,7 @@ impl Changelog {
     /// partition end before the transaction: wait until the last stable offset (the end as
     /// read_committed sees it) catches up with the high watermark.
     fn wait_for_markers(&self) {
-        let end = |isolation| {
-            let consumer: BaseConsumer = common::client_config()
-                .set("isolation.level", isolation)
-                .create()
-                .expect("creating a watermark consumer");
-            consumer
-                .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-                .expect("reading the watermarks")
-                .1
-        };
+        let end = |isolation| watermarks(&self.topic, isolation).1;
         let deadline = Instant::now() + Duration::from_secs(20);
         while end("read_committed") < end("read_uncommitted") {
             assert!(
@@ -346,19 +348,10 @@ async fn watermarks_read_for_many_partitions_at_once_are_those_a_restore_reads_a
         let restorer = Restorer::new(&common::client_config(), &topic, 0).expect("restorer");
         // Partition 3 does not exist: left out, for its restore to report.
         let together = restorer.watermarks(&topic, &[0, 3], Duration::from_secs(10));
-        let watermarks = |isolation| {
-            let consumer: BaseConsumer = common::client_config()
-                .set("isolation.level", isolation)
-                .create()
-                .expect("creating a watermark consumer");
-            consumer
-                .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-                .expect("reading the watermarks")
-        };
         (
             together,
-            watermarks("read_committed"),
-            watermarks("read_uncommitted"),
+            watermarks(&topic, "read_committed"),
+            watermarks(&topic, "read_uncommitted"),
         )
     })
     .await
