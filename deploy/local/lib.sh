@@ -182,6 +182,13 @@ config_as() {
         -e "s#^dir = .*#dir = \"$state\"#" "$source"
 }
 
+# Deletes the topics whose names match the Java regex $1 from the local broker (nothing to
+# delete is not an error). The benchmarks drop what they no longer need this way: a day of
+# runs otherwise keeps tens of gigabytes of topics until `stack down`.
+drop_topics() {
+    "$(dirname "${BASH_SOURCE[0]}")/kafka-topics" --delete --topic "$1" >/dev/null 2>&1 || true
+}
+
 # Prints how many records the `milestones generate` runs whose logs are given produced, in all.
 generated_records() {
     cat "$@" | sed -n 's/^generate: \([0-9]*\) records.*/\1/p' | awk '{s += $1} END {print s + 0}'
