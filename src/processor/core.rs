@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::Health;
 use crate::emit::txn::{self, flush, retrying, TXN_TIMEOUT};
@@ -308,10 +308,10 @@ impl Core {
         &mut self,
         inputs: &Inputs<'_, C>,
     ) -> Result<TxnOutcome, ProcessorError> {
-        if self.txn.take().is_none() {
+        let Some(txn) = self.txn.take() else {
             return Ok(TxnOutcome::Nothing);
-        }
-        match self.try_commit(inputs.group) {
+        };
+        match self.try_commit(inputs.group, txn.started) {
             Ok(()) => Ok(TxnOutcome::Committed),
             Err(ProcessorError::Kafka(KafkaError::Transaction(e))) if e.txn_requires_abort() => {
                 self.shared.metrics.transaction_aborted(&e);
@@ -322,9 +322,11 @@ impl Core {
         }
     }
 
+    /// Commits the transaction begun at `started`.
     fn try_commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
+        started: Instant,
     ) -> Result<(), ProcessorError> {
         let mut offsets = TopicPartitionList::new();
         for shard in &self.shards {
@@ -402,12 +404,21 @@ impl Core {
                 shard.committed(shared, writes.take().unwrap_or_default(), &delivered, now)
             },
         );
-        self.shared.metrics.commit_phases(&CommitPhases {
+        let phases = CommitPhases {
             prepare: flushing - preparing,
             flush: flushed - flushing,
             commit: storing - flushed,
             store: storing.elapsed(),
-        });
+        };
+        debug!(
+            open_ms = (preparing - started).as_millis() as u64,
+            prepare_ms = phases.prepare.as_millis() as u64,
+            flush_ms = phases.flush.as_millis() as u64,
+            commit_ms = phases.commit.as_millis() as u64,
+            store_ms = phases.store.as_millis() as u64,
+            "transaction committed"
+        );
+        self.shared.metrics.commit_phases(&phases);
         results.into_iter().flatten().collect()
     }
 
