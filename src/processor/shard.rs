@@ -144,10 +144,12 @@ pub(crate) struct Task {
     /// only after the transaction commits, so that the store never holds what an aborted
     /// transaction did. Keyed by order id with a fast hash: looked up at every event.
     pub dirty: FxHashMap<CompactString, Changed>,
-    /// The orders of the partition's last [`Settings::write_out_after`] events, oldest first,
-    /// each with the count of its event: a finished order whose last event leaves this
-    /// window is written out.
-    recent: VecDeque<(CompactString, u64)>,
+    /// The finished orders among those of the partition's last
+    /// [`Settings::write_out_after`] events, oldest first, each with the count of its event
+    /// ([`Task::touches`]): one whose last event leaves this window is written out. Only
+    /// finished orders: those under way are written at the commit, and looking each event's
+    /// order up again as it left the window cost a lookup per event.
+    finished: VecDeque<(CompactString, u64)>,
     /// The events the partition processed since it was assigned.
     touches: u64,
     /// The partition's stream time: the latest `occurred_at` among the events it processed
@@ -242,7 +244,7 @@ impl Task {
         Ok(Task {
             store,
             dirty: FxHashMap::default(),
-            recent: VecDeque::new(),
+            finished: VecDeque::new(),
             touches: 0,
             stream_time,
             committed_stream_time: stream_time,
@@ -252,23 +254,31 @@ impl Task {
     }
 
     /// Notes an event of the open order `order_id` (whose `touched` is [`Task::touches`]),
-    /// then writes out the finished orders whose last event left the window of the
-    /// partition's last [`Settings::write_out_after`] events.
+    /// `finished` when the order is finished with it, then writes out the finished orders
+    /// whose last event left the window of the partition's last
+    /// [`Settings::write_out_after`] events.
     fn touched(
         &mut self,
         shared: &Shared,
         partition: i32,
         order_id: CompactString,
+        finished: bool,
         buffer: &mut Vec<u8>,
     ) -> Result<(), ProcessorError> {
-        let window = shared.settings.write_out_after;
+        let window = shared.settings.write_out_after as u64;
         if window == 0 {
             return Ok(());
         }
-        self.recent.push_back((order_id, self.touches));
+        if finished {
+            self.finished.push_back((order_id, self.touches));
+        }
         self.touches += 1;
-        while self.recent.len() > window {
-            let Some((order_id, touch)) = self.recent.pop_front() else {
+        while self
+            .finished
+            .front()
+            .is_some_and(|&(_, touch)| self.touches - touch > window)
+        {
+            let Some((order_id, touch)) = self.finished.pop_front() else {
                 break;
             };
             let Some(changed) = self.dirty.get_mut(&order_id) else {
@@ -305,7 +315,7 @@ impl Task {
     /// Forgets what the open transaction changed, once it committed or aborted.
     fn clear_changes(&mut self) {
         self.dirty.clear();
-        self.recent.clear();
+        self.finished.clear();
     }
 }
 
@@ -584,7 +594,8 @@ impl Shard {
                 Some(buffer),
             )?;
         }
-        task.touched(shared, partition, order_id, buffer)?;
+        let finished = engine.finished_at(graph).is_some();
+        task.touched(shared, partition, order_id, finished, buffer)?;
         Ok(None)
     }
 
