@@ -163,6 +163,18 @@ fn bench(c: &mut Criterion) {
             black_box(finished.count())
         })
     });
+    // The processing loop's check of an order in memory (after each of its events, and
+    // at each commit): settled graphs read where their nodes stand; decoded ones, which
+    // have not been settled, look their nodes' names up.
+    let decoded: Vec<OrderGraph> = stored
+        .iter()
+        .map(|bytes| codec::decode(bytes).expect("own encoding decodes"))
+        .collect();
+    for (name, graphs) in [("settled", &finished), ("decoded", &decoded)] {
+        group.bench_function(format!("finished_at_per_order_{name}"), |b| {
+            b.iter(|| black_box(graphs.iter().filter_map(|g| engine.finished_at(g)).count()))
+        });
+    }
     group.finish();
 }
 
