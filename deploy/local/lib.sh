@@ -232,8 +232,6 @@ wait_committed() {
     done
 }
 
-# The whole machine's busy CPU time so far, in core-seconds (/proc/stat: user, nice, system,
-# irq, softirq, steal): the broker's, the registry's and the client's alike.
 # Writes the page cache's dirty pages to disk before a timed phase. The kernel writes a page
 # back once it is 30 s old (vm.dirty_expire_centisecs): a benchmark's phases write hundreds of
 # megabytes each to the broker's logs, so without this the write-back of one phase's logs,
@@ -241,6 +239,8 @@ wait_committed() {
 # skips it (to compare).
 settle() { if [[ ${SETTLE:-1} != 0 ]]; then sync; fi; }
 
+# The whole machine's busy CPU time so far, in core-seconds (/proc/stat: user, nice, system,
+# irq, softirq, steal): the broker's, the registry's and the client's alike.
 busy() { awk '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat; }
 
 # The CPU time so far, in seconds, of one process (utime + stime, fields 14 and 15).
