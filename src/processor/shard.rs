@@ -285,12 +285,8 @@ impl Task {
                 continue;
             };
             match changed {
-                // Finished orders only: one under way gets more events, and writing it out at
-                // each would send its changelog record and view per event rather than per
-                // transaction when its events lie far apart (live traffic).
-                Changed::Open { graph, touched }
-                    if *touched == touch && shared.engine.finished_at(graph).is_some() =>
-                {
+                // Queued finished, and no event since: finished still.
+                Changed::Open { graph, touched } if *touched == touch => {
                     let state = write_out(shared, partition, &order_id, graph, buffer)?;
                     *changed = Changed::Written(state); // the graph is dropped while in cache
                 }
@@ -594,7 +590,8 @@ impl Shard {
                 Some(buffer),
             )?;
         }
-        let finished = engine.finished_at(graph).is_some();
+        // Only finished orders are written out early (see `Task::finished`).
+        let finished = settings.write_out_after > 0 && engine.finished_at(graph).is_some();
         task.touched(shared, partition, order_id, finished, buffer)?;
         Ok(None)
     }
