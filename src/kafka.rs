@@ -36,6 +36,16 @@ pub enum Role {
 /// `reconnect.backoff.max.ms` (10 s); Kafka's Java clients start theirs at 50 ms.
 pub const RECONNECT_BACKOFF_MS: u32 = 20;
 
+/// librdkafka's `fetch.wait.max.ms` for the consumers of the input topics, unless the
+/// configuration sets it. A consumer has one fetch request at a time in flight to a broker,
+/// for every partition it may fetch there; a partition whose prefetch queue is full is left
+/// out. When the others in the request are caught up, the broker holds it for up to this
+/// long (500 ms by default) waiting for data, and the left-out partition, drained by then,
+/// waits behind it with its backlog. A processor slower than its fetcher met this at the end
+/// of every backlog: its last 5,000 to 11,000 records came 200 to 250 ms after the rest
+/// (BENCHMARKS.md, session 23). At 50 an idle consumer asks each broker 20 times a second.
+pub const INPUT_FETCH_WAIT_MAX_MS: u32 = 50;
+
 /// The librdkafka configuration of a client in `role`.
 pub fn client_config(config: &Config, role: Role) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -59,6 +69,10 @@ pub fn client_config(config: &Config, role: Role) -> ClientConfig {
         // with nothing to do (measured: every third transaction waited ~550 ms). 10 ms keeps
         // the prefetch just behind the processor.
         client.set("fetch.queue.backoff.ms", "10");
+        // The input consumers' also: see [`INPUT_FETCH_WAIT_MAX_MS`].
+        if matches!(role, Role::GroupConsumer | Role::FollowerConsumer) {
+            client.set("fetch.wait.max.ms", INPUT_FETCH_WAIT_MAX_MS.to_string());
+        }
         // `properties` again, so that they win over the defaults above.
         for (key, value) in &config.kafka.properties {
             client.set(key, value);
@@ -198,6 +212,34 @@ mod tests {
                 String::from_utf8_lossy(key)
             );
         }
+    }
+
+    #[test]
+    fn input_consumers_wait_briefly_for_data_unless_configured_otherwise() {
+        let mut config = Config::default();
+        let wait = |config: &Config, role| {
+            client_config(config, role)
+                .get("fetch.wait.max.ms")
+                .map(str::to_string)
+        };
+        let ours = Some(INPUT_FETCH_WAIT_MAX_MS.to_string());
+        assert_eq!(wait(&config, Role::GroupConsumer), ours);
+        assert_eq!(wait(&config, Role::FollowerConsumer), ours);
+        // One partition, no backlog held behind others: librdkafka's default.
+        assert_eq!(wait(&config, Role::DirectoryConsumer), None);
+        config
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), "200".into());
+        assert_eq!(wait(&config, Role::GroupConsumer).as_deref(), Some("200"));
+        config
+            .kafka
+            .consumer
+            .insert("fetch.wait.max.ms".into(), "100".into());
+        assert_eq!(
+            wait(&config, Role::FollowerConsumer).as_deref(),
+            Some("100")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use order_milestones::emit::txn::{self, Topic, TXN_TIMEOUT};
 use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
-use order_milestones::kafka::RECONNECT_BACKOFF_MS;
+use order_milestones::kafka::{INPUT_FETCH_WAIT_MAX_MS, RECONNECT_BACKOFF_MS};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -117,8 +117,10 @@ pub fn forward_all(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // The service's consumer default (src/kafka.rs): no 1 s fetch backoff after a burst.
+        // The service's consumer defaults (src/kafka.rs): no 1 s fetch backoff after a burst,
+        // and the input consumers' brief hold of an empty fetch (`INPUT_FETCH_WAIT_MAX_MS`).
         .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", INPUT_FETCH_WAIT_MAX_MS.to_string())
         .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS.to_string())
         .create_with_context(Assigned::default())?;
     consumer.subscribe(&[input])?;

@@ -329,8 +329,10 @@ impl Core {
         started: Instant,
     ) -> Result<(), ProcessorError> {
         let mut offsets = TopicPartitionList::new();
+        let mut records = 0;
         for shard in &self.shards {
-            for (&(input, partition), &(_, next)) in &shard.consumed {
+            for (&(input, partition), &(first, next)) in &shard.consumed {
+                records += next - first;
                 let topic = &self.shared.settings.inputs[input];
                 offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
             }
@@ -411,6 +413,7 @@ impl Core {
             store: storing.elapsed(),
         };
         debug!(
+            records,
             open_ms = (preparing - started).as_millis() as u64,
             prepare_ms = phases.prepare.as_millis() as u64,
             flush_ms = phases.flush.as_millis() as u64,
