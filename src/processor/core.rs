@@ -120,8 +120,6 @@ pub(crate) struct Core {
     /// The worker threads that run shards 1.. while the processing thread runs shard 0;
     /// none with one shard.
     pool: Option<rayon::ThreadPool>,
-    /// Partitions assigned by the last rebalance and paused until their store is restored.
-    pub pending: Vec<(String, i32)>,
     pub health: Arc<Health>,
     txn: Option<Txn>,
 }
@@ -151,7 +149,6 @@ impl Core {
             shared,
             shards: (0..workers).map(|_| Shard::default()).collect(),
             pool,
-            pending: Vec::new(),
             health,
             txn: None,
         })

@@ -31,7 +31,7 @@ mod rebalance;
 mod shard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -136,10 +136,11 @@ pub fn run(
     shutdown: &AtomicBool,
     telemetry: &Telemetry,
 ) -> Result<(), ProcessorError> {
-    // The registry client is built beside the topics check: its HTTP client's TLS set-up
-    // (the system's root certificates, whether or not the URL is https; made once per
-    // process, `tls::client_builder`, and started by the binary before anything else,
-    // `tls::prepare`) takes 45 to 70 ms of CPU, the check mostly waits for the broker.
+    // The registry client is built beside the topics check and the group join: its HTTP
+    // client's TLS set-up (the system's root certificates, whether or not the URL is https;
+    // made once per process, `tls::client_builder`, and started by the binary before
+    // anything else, `tls::prepare`) takes 45 to 70 ms of CPU, the check and the join
+    // mostly wait for the broker.
     let t = &config.topics;
     let avro = t.input_format == Format::Avro || t.output_format == Format::Avro;
     let registry_config = config.schema_registry.clone();
@@ -154,16 +155,21 @@ pub fn run(
     let partitions = topics::check(config, &existing)?;
     telemetry.orders.set_partition_count(partitions);
     let state_dir = StateDir::open(&config.state, &config.application.id)?;
-    let registry = registry
-        .join()
-        .map_err(|_| ProcessorError::Internal("building the registry client panicked".into()))??;
+    let registry = move || {
+        registry
+            .join()
+            .map_err(|_| ProcessorError::Internal("building the registry client panicked".into()))?
+            .map_err(ProcessorError::from)
+    };
     let threads = config.processing.threads.max(1);
     if threads == 1 {
         let stopped = || shutdown.load(Ordering::Relaxed);
+        // The member joins the group before it needs the registry client.
         return member(
             config, registry, engine, runtime, &stopped, telemetry, &state_dir,
         );
     }
+    let registry = registry()?;
     // Each member has an instance id of its own: its transactional id and client id.
     let members: Vec<Config> = (0..threads)
         .map(|k| {
@@ -195,7 +201,7 @@ pub fn run(
                     .spawn_scoped(scope, move || {
                         let result = member(
                             member_config,
-                            registry,
+                            move || Ok(registry),
                             engine,
                             runtime,
                             stopped,
@@ -237,7 +243,7 @@ pub fn run(
 /// `shutdown` is set.
 fn member(
     config: &Config,
-    registry: Option<RegistryClient>,
+    registry: impl FnOnce() -> Result<Option<RegistryClient>, ProcessorError>,
     engine: Engine,
     runtime: tokio::runtime::Handle,
     stopped: &(dyn Fn() -> bool + Sync),
@@ -251,26 +257,54 @@ fn member(
         changelog: config.changelog_topic(),
         dead_letters: config.dead_letter_topic(),
     };
-    // The producer first, so that its broker connections come up while the schemas are
-    // looked up (`init_transactions` soon after the producer's creation would otherwise
-    // wait for its coordinator's connection: see `txn::init_transactions`).
     let producer: BaseProducer<Deliveries> =
         client_config(config, Role::TransactionalProducer).create_with_context(Deliveries::new())?;
-    let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
-    // The two output schemas are registered at once: each is a round trip to the registry
-    // (18 to 30 ms measured against the local stack).
-    let (changes, views) = std::thread::scope(|scope| {
-        let views = scope.spawn(|| {
-            RecordEncoder::for_views(t.output_format, &t.status, registry.as_ref(), &runtime)
+    // The group assigns the first input topic's partitions; the follower consumes the same
+    // partitions of the others (see `processor::core::Inputs`).
+    let follower: Option<Arc<BaseConsumer>> = if t.inputs.len() > 1 {
+        let follower: BaseConsumer = client_config(config, Role::FollowerConsumer).create()?;
+        // The followed topics' leaders, known before their partitions are assigned: else
+        // the fetcher learns them from librdkafka's next periodic metadata refresh, and
+        // the partitions wait for it (measured: half a second after the assignment).
+        for topic in &t.inputs[1..] {
+            if let Err(error) = follower.fetch_metadata(Some(topic), METADATA_WAIT) {
+                warn!(topic, %error, "reading a followed topic's metadata failed; its partitions start once librdkafka refreshes it");
+            }
+        }
+        Some(Arc::new(follower))
+    } else {
+        None
+    };
+    let consumer: BaseConsumer<RebalanceContext> = client_config(config, Role::GroupConsumer)
+        .create_with_context(RebalanceContext {
+            core: OnceLock::new(),
+            pending: Mutex::new(Vec::new()),
+            health: telemetry.health.clone(),
+            metrics: telemetry.metrics.clone(),
+            follower: follower.clone(),
+        })?;
+    // The group join, the fencing, the registry client's TLS set-up and the schemas'
+    // registration go on at once, each mostly a wait (measured: the join 20 to 45 ms, the
+    // fencing 15 to 30 ms, the registry client ready 25 to 40 ms after the topics check and
+    // the registrations 15 to 30 ms; the member used to subscribe once the schemas were
+    // registered and fence after that). The assignment waits for the first poll, below,
+    // once the core that takes it is built.
+    consumer.subscribe(&[t.inputs[0].as_str()])?;
+    let (fenced, prepared) = std::thread::scope(|scope| {
+        // Fences any earlier incarnation of this instance and aborts its open transaction.
+        let fencing = scope.spawn(|| txn::init_transactions(&producer, TXN_TIMEOUT));
+        let prepared = registry().and_then(|registry| {
+            let (changes, views) = encoders(t, registry.as_ref(), &runtime)?;
+            Ok((registry, changes, views))
         });
-        let changes =
-            RecordEncoder::for_changes(t.output_format, &t.changes, registry.as_ref(), &runtime);
-        let views = views
+        let fenced = fencing
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        (changes, views)
+        (fenced, prepared)
     });
-    let (changes, views) = (changes?, views?);
+    fenced?;
+    let (registry, changes, views) = prepared?;
+    let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
 
     let settings = Settings {
         inputs: t.inputs.clone(),
@@ -300,33 +334,9 @@ fn member(
         workers,
         telemetry.health.clone(),
     )?));
-    // The group assigns the first input topic's partitions; the follower consumes the same
-    // partitions of the others (see `processor::core::Inputs`).
-    let follower: Option<Arc<BaseConsumer>> = if t.inputs.len() > 1 {
-        let follower: BaseConsumer = client_config(config, Role::FollowerConsumer).create()?;
-        // The followed topics' leaders, known before their partitions are assigned: else
-        // the fetcher learns them from librdkafka's next periodic metadata refresh, and
-        // the partitions wait for it (measured: half a second after the assignment).
-        for topic in &t.inputs[1..] {
-            if let Err(error) = follower.fetch_metadata(Some(topic), METADATA_WAIT) {
-                warn!(topic, %error, "reading a followed topic's metadata failed; its partitions start once librdkafka refreshes it");
-            }
-        }
-        Some(Arc::new(follower))
-    } else {
-        None
-    };
-    let consumer: BaseConsumer<RebalanceContext> = client_config(config, Role::GroupConsumer)
-        .create_with_context(RebalanceContext {
-            core: core.clone(),
-            metrics: telemetry.metrics.clone(),
-            follower: follower.clone(),
-        })?;
-    // Subscribed before the producer's `init_transactions`, so that the group join goes on
-    // meanwhile. The assignment waits for the first poll, below, and so for the fencing.
-    consumer.subscribe(&[t.inputs[0].as_str()])?;
-    // Fences any earlier incarnation of this instance and aborts its open transaction.
-    txn::init_transactions(&lock(&core).shared.producer, TXN_TIMEOUT)?;
+    if consumer.context().core.set(core.clone()).is_err() {
+        return Err(ProcessorError::Internal("the core was set twice".into()));
+    }
     let changelog = config.changelog_topic();
     let restorer = Restorer::new(
         &client_config(config, Role::AssignedConsumer),
@@ -356,6 +366,24 @@ fn member(
     consumer.unsubscribe();
     info!(ok = result.is_ok(), "processor stopped");
     result
+}
+
+/// The encoders of the change records and of the order views, their schemas registered at
+/// once: each is a round trip to the registry (18 to 30 ms measured against the local stack).
+fn encoders(
+    t: &crate::config::TopicsConfig,
+    registry: Option<&RegistryClient>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(RecordEncoder, RecordEncoder), ProcessorError> {
+    std::thread::scope(|scope| {
+        let views =
+            scope.spawn(|| RecordEncoder::for_views(t.output_format, &t.status, registry, runtime));
+        let changes = RecordEncoder::for_changes(t.output_format, &t.changes, registry, runtime);
+        let views = views
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        Ok((changes?, views?))
+    })
 }
 
 fn process_until(
@@ -553,13 +581,13 @@ fn restore_pending(
     fetches: &[FetchQueue<'_>],
     lanes: Lanes,
 ) -> Result<(), ProcessorError> {
-    let (pending, metrics, health, orders) = {
-        let mut core = lock(core);
-        if core.pending.is_empty() {
-            return Ok(());
-        }
+    let pending = std::mem::take(&mut *lock(&inputs.group.context().pending));
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (metrics, health, orders) = {
+        let core = lock(core);
         (
-            std::mem::take(&mut core.pending),
             core.shared.metrics.clone(),
             core.health.clone(),
             core.shared.orders.clone(),

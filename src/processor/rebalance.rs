@@ -6,11 +6,15 @@
 //!   next owner starts exactly where this instance stopped.
 //! - An assign pauses the new partitions: the loop restores their stores from the
 //!   changelog before any of their records is processed.
+//! - The consumer joins the group before the core exists (while the producer initialises
+//!   its transactions and the schemas are registered); its first poll comes once the core
+//!   is set ([`RebalanceContext::core`]), and an assignment is noted here, not in the core,
+//!   so it never depends on which came first.
 //! - With more than one input topic the group assigns the first topic's partitions only;
 //!   the follower consumer gets the same-numbered partitions of the others once restored
 //!   (see `restore_pending`), and gives them up here, with the revoked ones.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
@@ -19,12 +23,17 @@ use rdkafka::ClientContext;
 use tracing::{error, info};
 
 use super::core::{lock, Core, Inputs};
+use crate::api::Health;
 use crate::metrics::Metrics;
 
 pub(crate) struct RebalanceContext {
-    /// A `std::sync::Mutex`: only the processing thread ever takes it, in the loop or in
-    /// these callbacks, never across an await; the lock is what hands the core between them.
-    pub core: Arc<Mutex<Core>>,
+    /// Set once built, before the consumer is first polled. A `std::sync::Mutex`: only the
+    /// processing thread ever takes it, in the loop or in these callbacks, never across an
+    /// await; the lock is what hands the core between them.
+    pub core: OnceLock<Arc<Mutex<Core>>>,
+    /// Partitions assigned and paused until the loop restores their stores.
+    pub pending: Mutex<Vec<(String, i32)>>,
+    pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The follower consumer, with more than one input topic.
     pub follower: Option<Arc<BaseConsumer>>,
@@ -57,25 +66,16 @@ impl ConsumerContext for RebalanceContext {
             return;
         };
         let revoked = partitions(tpl);
-        let mut core = lock(&self.core);
-        let inputs = Inputs {
-            group: consumer,
-            follower: self.follower.as_deref(),
-        };
-        match core.commit(&inputs) {
-            Ok(outcome) => info!(
-                ?revoked,
-                ?outcome,
-                "partitions revoked; open transaction finished"
-            ),
-            // The records of the failed transaction are consumed again by the next owner
-            // from the last committed offsets: nothing is lost, nothing doubled.
-            Err(error) => error!(%error, ?revoked, "committing before a revoke failed"),
+        lock(&self.pending).retain(|p| !revoked.contains(p));
+        match self.core.get() {
+            Some(core) => self.finish(consumer, core, &revoked),
+            // No core yet: no task, no transaction, nothing more to give up.
+            None => {
+                for (_, partition) in &revoked {
+                    self.health.partition_revoked(*partition);
+                }
+            }
         }
-        for (_, partition) in &revoked {
-            core.close_task(*partition);
-        }
-        core.pending.retain(|p| !revoked.contains(p));
         if let Some(follower) = &self.follower {
             unfollow(follower, &revoked);
         }
@@ -96,11 +96,34 @@ impl ConsumerContext for RebalanceContext {
             ?assigned,
             "partitions assigned; restoring their state first"
         );
-        let mut core = lock(&self.core);
         for (_, partition) in &assigned {
-            core.health.partition_assigned(*partition);
+            self.health.partition_assigned(*partition);
         }
-        core.pending.extend(assigned);
+        lock(&self.pending).extend(assigned);
+    }
+}
+
+impl RebalanceContext {
+    /// Commits the open transaction and closes the stores of the `revoked` partitions.
+    fn finish(&self, consumer: &BaseConsumer<Self>, core: &Mutex<Core>, revoked: &[(String, i32)]) {
+        let mut core = lock(core);
+        let inputs = Inputs {
+            group: consumer,
+            follower: self.follower.as_deref(),
+        };
+        match core.commit(&inputs) {
+            Ok(outcome) => info!(
+                ?revoked,
+                ?outcome,
+                "partitions revoked; open transaction finished"
+            ),
+            // The records of the failed transaction are consumed again by the next owner
+            // from the last committed offsets: nothing is lost, nothing doubled.
+            Err(error) => error!(%error, ?revoked, "committing before a revoke failed"),
+        }
+        for (_, partition) in revoked {
+            core.close_task(*partition);
+        }
     }
 }
 
