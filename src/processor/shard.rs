@@ -256,7 +256,7 @@ impl Task {
     /// Notes an event of the open order `order_id` (whose `touched` is [`Task::touches`]),
     /// `finished` when the order is finished with it, then writes out the finished orders
     /// whose last event left the window of the partition's last
-    /// [`Settings::write_out_after`] events.
+    /// [`Settings::write_out_after`] events. Called only with the window on (not 0).
     fn touched(
         &mut self,
         shared: &Shared,
@@ -266,9 +266,7 @@ impl Task {
         buffer: &mut Vec<u8>,
     ) -> Result<(), ProcessorError> {
         let window = shared.settings.write_out_after as u64;
-        if window == 0 {
-            return Ok(());
-        }
+        debug_assert!(window > 0, "touched with the write-out window off");
         if finished {
             self.finished.push_back((order_id, self.touches));
         }
@@ -565,7 +563,6 @@ impl Shard {
             return Ok(Some(ExpiredOrder::new(&event, task.stream_time, settings)));
         }
         *touched = task.touches;
-        let order_id = event.order_id.clone();
         task.stream_time = task.stream_time.max(event.occurred_at);
         let applied = engine.apply(graph, event);
         if applied.duplicate {
@@ -590,9 +587,12 @@ impl Shard {
                 Some(buffer),
             )?;
         }
-        // Only finished orders are written out early (see `Task::finished`).
-        let finished = settings.write_out_after > 0 && engine.finished_at(graph).is_some();
-        task.touched(shared, partition, order_id, finished, buffer)?;
+        if settings.write_out_after > 0 {
+            // Only finished orders are written out early (see `Task::finished`).
+            let finished = engine.finished_at(graph).is_some();
+            let order_id = graph.order_id.clone();
+            task.touched(shared, partition, order_id, finished, buffer)?;
+        }
         Ok(None)
     }
 
