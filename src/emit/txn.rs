@@ -16,10 +16,6 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::bindings::rd_kafka_vtype_t::{
-    RD_KAFKA_VTYPE_END, RD_KAFKA_VTYPE_KEY, RD_KAFKA_VTYPE_MSGFLAGS, RD_KAFKA_VTYPE_PARTITION,
-    RD_KAFKA_VTYPE_RKT, RD_KAFKA_VTYPE_VALUE,
-};
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -134,26 +130,30 @@ pub fn send_to<C: ProducerContext<DeliveryOpaque = ()>>(
         (p.as_ptr().cast_mut().cast::<std::ffi::c_void>(), p.len())
     });
     loop {
-        // SAFETY: a live producer and a topic handle of it (the contract of `Topic::new`);
-        // key and payload are copied before the call returns (`RD_KAFKA_MSG_F_COPY`); no
-        // delivery opaque, as `DeliveryOpaque = ()` reads it.
+        // `rd_kafka_produce` rather than `rd_kafka_producev`: the same checks and message,
+        // without parsing a list of arguments, zeroing a message on the stack and counting a
+        // reference to the topic (an atomic on memory every producing thread shares), per
+        // record: about 230 instructions of the ~1,100 a record took (callgrind).
+        //
+        // SAFETY: a topic handle of a live producer (the contract of `Topic::new`); key and
+        // payload are copied before the call returns (`RD_KAFKA_MSG_F_COPY`); no delivery
+        // opaque, as `DeliveryOpaque = ()` reads it. The error is read at once, on the
+        // calling thread, as librdkafka asks.
         let error = unsafe {
-            rdsys::rd_kafka_producev(
-                producer.client().native_ptr(),
-                RD_KAFKA_VTYPE_RKT,
+            let status = rdsys::rd_kafka_produce(
                 topic.rkt.as_ptr(),
-                RD_KAFKA_VTYPE_PARTITION,
                 partition.unwrap_or(PARTITION_UNASSIGNED),
-                RD_KAFKA_VTYPE_MSGFLAGS,
                 rdsys::RD_KAFKA_MSG_F_COPY,
-                RD_KAFKA_VTYPE_VALUE,
                 payload_ptr,
                 payload_len,
-                RD_KAFKA_VTYPE_KEY,
-                key.as_ptr().cast_mut().cast::<std::ffi::c_void>(),
+                key.as_ptr().cast::<std::ffi::c_void>(),
                 key.len(),
-                RD_KAFKA_VTYPE_END,
-            )
+                std::ptr::null_mut(),
+            );
+            match status {
+                0 => rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                _ => rdsys::rd_kafka_last_error(),
+            }
         };
         match RDKafkaErrorCode::from(error) {
             RDKafkaErrorCode::NoError => return Ok(()),
