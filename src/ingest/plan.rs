@@ -249,7 +249,11 @@ impl ReadPlan {
 }
 
 /// Reads the branch index of a union and its kind.
-fn branch(r: &mut Reader<'_>, branches: &[Option<Scalar>], field: &str) -> Result<Scalar, String> {
+fn branch(
+    r: &mut Reader<'_>,
+    branches: &[Option<Scalar>],
+    field: &'static str,
+) -> Result<Scalar, String> {
     let index = r.long(field)?;
     match usize::try_from(index).ok().and_then(|i| branches.get(i)) {
         Some(Some(kind)) => Ok(*kind),
@@ -331,12 +335,12 @@ fn skip_value(r: &mut Reader<'_>, skip: &Skip) -> Result<(), String> {
     const FIELD: &str = "a field the event does not have";
     match skip {
         Skip::Nothing => Ok(()),
-        Skip::Bytes(n) => r.skip_bytes(*n, FIELD),
-        Skip::Varint => r.long(FIELD).map(drop),
+        Skip::Bytes(n) => Ok(r.skip_bytes(*n, FIELD)?),
+        Skip::Varint => Ok(r.long(FIELD).map(drop)?),
         Skip::Sized => {
             let len = r.long(FIELD)?;
             let len = usize::try_from(len).map_err(|_| format!("{FIELD}: length {len}"))?;
-            r.skip_bytes(len, FIELD)
+            Ok(r.skip_bytes(len, FIELD)?)
         }
         Skip::Array(item) => {
             while let Some(count) = r.block(FIELD)? {
