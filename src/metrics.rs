@@ -48,6 +48,10 @@ use rustc_hash::FxHashMap;
 
 use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
 
+mod latency;
+
+use latency::MsHistogram;
+
 // Metric names. Counters end in `_total`, durations in `_seconds` (Prometheus conventions).
 pub const EVENTS_IN: &str = "milestones_events_in_total";
 pub const DUPLICATE_EVENTS: &str = "milestones_duplicate_events_total";
@@ -163,8 +167,8 @@ pub struct Metrics {
     commit_phase_seconds: [Histogram; 4],
     last_commit_timestamp_seconds: Gauge,
     transactions: IntCounterVec,
-    occurred_to_commit_seconds: Histogram,
-    record_to_commit_seconds: Histogram,
+    occurred_to_commit_seconds: MsHistogram,
+    record_to_commit_seconds: MsHistogram,
     restore_records_applied: IntGaugeVec,
     restore_records_remaining: IntGaugeVec,
     restores: IntCounterVec,
@@ -329,23 +333,18 @@ impl Metrics {
             )?,
             occurred_to_commit_seconds: register(
                 r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        OCCURRED_TO_COMMIT_SECONDS,
-                        "From an event's occurred_at to the commit of its outputs, in seconds.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                MsHistogram::new(
+                    OCCURRED_TO_COMMIT_SECONDS,
+                    "From an event's occurred_at to the commit of its outputs, in seconds.",
+                    LATENCY_BUCKETS,
                 )?,
             )?,
             record_to_commit_seconds: register(
                 r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        RECORD_TO_COMMIT_SECONDS,
-                        "From an input record's timestamp to the commit of its outputs, in \
-                         seconds.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                MsHistogram::new(
+                    RECORD_TO_COMMIT_SECONDS,
+                    "From an input record's timestamp to the commit of its outputs, in seconds.",
+                    LATENCY_BUCKETS,
                 )?,
             )?,
             restore_records_applied: register(
@@ -613,16 +612,20 @@ impl Metrics {
     /// timestamp. A source clock ahead of ours gives a negative latency, observed as 0.
     /// Observed locally first, then added to the histograms at once.
     pub fn events_committed(&self, events: &[(i64, Option<i64>)], committed_at_ms: i64) {
-        let occurred = self.occurred_to_commit_seconds.local();
-        let recorded = self.record_to_commit_seconds.local();
+        let latency = |from_ms: i64| committed_at_ms.saturating_sub(from_ms).max(0) as u64;
+        let (occurred, recorded) = (
+            &self.occurred_to_commit_seconds,
+            &self.record_to_commit_seconds,
+        );
+        let (mut from_occurred, mut from_record) = (occurred.local(), recorded.local());
         for &(occurred_at_ms, record_timestamp_ms) in events {
-            occurred.observe(seconds_between(occurred_at_ms, committed_at_ms));
+            occurred.count(&mut from_occurred, latency(occurred_at_ms));
             if let Some(timestamp) = record_timestamp_ms {
-                recorded.observe(seconds_between(timestamp, committed_at_ms));
+                recorded.count(&mut from_record, latency(timestamp));
             }
         }
-        occurred.flush();
-        recorded.flush();
+        occurred.add(&from_occurred);
+        recorded.add(&from_record);
     }
 
     /// Where a partition's restore stands; pass it the progress of
@@ -773,10 +776,6 @@ fn register<C: Collector + Clone + 'static>(
 ) -> Result<C, prometheus::Error> {
     registry.register(Box::new(collector.clone()))?;
     Ok(collector)
-}
-
-fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
-    (to_ms.saturating_sub(from_ms)).max(0) as f64 / 1000.0
 }
 
 fn saturating_i64(value: u64) -> i64 {
