@@ -80,8 +80,14 @@ fn unsigned(field: &'static str, value: u64) -> Result<i64, FormatError> {
 }
 
 /// A zigzag varint.
+#[inline]
 fn write_long(out: &mut Vec<u8>, value: i64) {
     let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    // Lengths, counts, flags and union branches: one byte.
+    if raw < 0x80 {
+        out.push(raw as u8);
+        return;
+    }
     while raw >= 0x80 {
         out.push(raw as u8 | 0x80);
         raw >>= 7;
@@ -89,16 +95,19 @@ fn write_long(out: &mut Vec<u8>, value: i64) {
     out.push(raw as u8);
 }
 
+#[inline]
 fn write_bool(out: &mut Vec<u8>, value: bool) {
     out.push(u8::from(value));
 }
 
+#[inline]
 fn write_str(out: &mut Vec<u8>, value: &str) {
     write_long(out, value.len() as i64);
     out.extend_from_slice(value.as_bytes());
 }
 
 /// A `["null", T]` union: branch 0 for null, branch 1 then the value.
+#[inline]
 fn write_optional_long(out: &mut Vec<u8>, value: Option<i64>) {
     match value {
         None => write_long(out, 0),
@@ -109,6 +118,7 @@ fn write_optional_long(out: &mut Vec<u8>, value: Option<i64>) {
     }
 }
 
+#[inline]
 fn write_optional_str(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
         None => write_long(out, 0),
@@ -120,6 +130,7 @@ fn write_optional_str(out: &mut Vec<u8>, value: Option<&str>) {
 }
 
 /// One block holding every item, then the end marker.
+#[inline]
 fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
     if !items.is_empty() {
         write_long(out, items.len() as i64);
