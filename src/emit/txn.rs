@@ -133,7 +133,7 @@ pub fn send_to<C: ProducerContext<DeliveryOpaque = ()>>(
         // `rd_kafka_produce` rather than `rd_kafka_producev`: the same checks and message,
         // without parsing a list of arguments, zeroing a message on the stack and counting a
         // reference to the topic (an atomic on memory every producing thread shares), per
-        // record: about 230 instructions of the ~1,100 a record took (callgrind).
+        // record: a record's send went from about 1,100 instructions to 980 (callgrind).
         //
         // SAFETY: a topic handle of a live producer (the contract of `Topic::new`); key and
         // payload are copied before the call returns (`RD_KAFKA_MSG_F_COPY`); no delivery

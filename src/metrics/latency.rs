@@ -5,7 +5,7 @@
 //! and from the record's timestamp), at its transaction's commit: tens of thousands per
 //! commit under a backlog. `prometheus::Histogram` (even through its local, unsynchronised
 //! copy) finds each value's bucket by a linear search over float bounds: about 140
-//! instructions per value, 4% of the processing threads' instructions over the pipeline
+//! instructions per value, 3% of the processing threads' instructions over the pipeline
 //! benchmark (callgrind). The values are whole milliseconds, so here each bound is turned
 //! into the largest whole millisecond it holds once, a batch is counted into plain integers
 //! by a binary search, and added under a lock once per batch. Exposed as seconds, with the
