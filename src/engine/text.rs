@@ -25,6 +25,24 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
     }
 }
 
+/// `a.cmp(b)`, with strings of equal length from 8 to 16 bytes (ASINs are ten) compared
+/// inline as two overlapping big-endian words: sorting an order's items compared ASINs a
+/// hundred times an order through `memcmp`.
+#[inline]
+pub(crate) fn order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n == b.len() && (8..=16).contains(&n) {
+        // The words cover every byte; where the first are equal, the bytes the second
+        // shares with them are too, so its first difference is the strings' first.
+        let word = |s: &[u8], at| u64::from_be_bytes(word8(s, at).to_ne_bytes());
+        return word(a, 0)
+            .cmp(&word(b, 0))
+            .then_with(|| word(a, n - 8).cmp(&word(b, n - 8)));
+    }
+    a.cmp(b)
+}
+
 #[inline(always)]
 fn word4(s: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
@@ -41,7 +59,31 @@ fn word8(s: &[u8], at: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{order, same};
+
+    #[test]
+    fn order_is_string_order_at_every_length_and_position() {
+        let base: Vec<u8> = (0..20).map(|k| b'a' + (k * 7 % 26) as u8).collect();
+        for n in 0..20usize {
+            for m in [n.saturating_sub(1), n, n + 1] {
+                let a = String::from_utf8(base[..n].to_vec()).unwrap();
+                let b = String::from_utf8(base[..m.min(20)].to_vec()).unwrap();
+                assert_eq!(order(&a, &b), a.cmp(&b), "{a:?} {b:?}");
+                // One byte changed either way at each position.
+                for at in 0..n {
+                    for delta in [1u8, 255] {
+                        let mut c = a.clone().into_bytes();
+                        c[at] = c[at].wrapping_add(delta) & 0x7f;
+                        let c = String::from_utf8(c).unwrap();
+                        assert_eq!(order(&a, &c), a.cmp(&c), "{a:?} {c:?}");
+                        assert_eq!(order(&c, &a), c.cmp(&a), "{c:?} {a:?}");
+                    }
+                }
+            }
+        }
+        assert!(order("B000000001", "B000000002").is_lt());
+        assert!(order("B100000000", "B000000009").is_gt());
+    }
 
     #[test]
     fn same_is_string_equality_at_every_length_and_position() {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::OrderEvent;
 use super::rules::{ItemRole, Rules};
-use super::text::same;
+use super::text::{order, same};
 
 /// The current state of one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +144,7 @@ pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFac
             }
         }
     }
-    items.sort_unstable_by(|a, b| a.asin.cmp(b.asin));
+    items.sort_unstable_by(|a, b| order(a.asin, b.asin));
     ItemFacts { placeholder, items }
 }
 
