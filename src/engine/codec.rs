@@ -301,6 +301,7 @@ struct Hints([usize; 5]);
 impl<'a> StringTable<'a> {
     /// Writes a reference to `s`, defining it first if it is new; `hint` is the field's
     /// entry in [`Hints`].
+    #[inline(always)]
     fn put(&mut self, out: &mut Vec<u8>, s: &'a str, hint: &mut usize) {
         let found = match self.strings.get(*hint) {
             Some(t) if same(t, s) => Some(*hint),
@@ -332,13 +333,19 @@ impl<'a> StringTable<'a> {
     }
 }
 
-#[inline]
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+#[inline(always)]
+fn put_u64(out: &mut Vec<u8>, v: u64) {
     // Most values (counts, indices, lengths) fit one byte.
     if v < 0x80 {
         out.push(v as u8);
         return;
     }
+    put_u64_long(out, v);
+}
+
+/// [`put_u64`] of a value of more than one byte: timestamps, mostly.
+#[inline(never)]
+fn put_u64_long(out: &mut Vec<u8>, mut v: u64) {
     let mut buf = [0u8; 10];
     let mut n = 0;
     while v >= 0x80 {
