@@ -46,6 +46,17 @@ pub enum CodecError {
     Malformed { at: usize, what: &'static str },
 }
 
+/// A [`Reader`]'s error: boxed, so that a read's result is at most two words and comes back
+/// in registers (the unboxed error made every varint and string read return through memory);
+/// values that fail are rare.
+type Fail = Box<CodecError>;
+
+impl From<Fail> for CodecError {
+    fn from(error: Fail) -> CodecError {
+        *error
+    }
+}
+
 /// Appends the encoding of `graph` to `out`.
 pub fn encode(graph: &OrderGraph, out: &mut Vec<u8>) {
     out.reserve(64 * graph.events.len() + 16 * graph.milestones.len() + 32);
@@ -149,7 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         let customer_id = match r.u8()? {
             0 => None,
             1 => Some(CompactString::new(r.str_ref(&mut table)?)),
-            _ => return Err(r.malformed("customer flag is neither 0 nor 1")),
+            _ => return Err(r.malformed("customer flag is neither 0 nor 1").into()),
         };
         let n_items = r.len()?;
         let mut items = Vec::with_capacity(n_items);
@@ -196,7 +207,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         for _ in 0..n_evidence {
             index += r.u64()?;
             if index >= n_events as u64 {
-                return Err(r.malformed("evidence edge to a missing event"));
+                return Err(r.malformed("evidence edge to a missing event").into());
             }
             evidence.push(index as u32);
         }
@@ -208,7 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         });
     }
     if r.at != bytes.len() {
-        return Err(r.malformed("trailing bytes"));
+        return Err(r.malformed("trailing bytes").into());
     }
     Ok(OrderGraph {
         order_id,
@@ -254,7 +265,7 @@ pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
             1 => {
                 r.str_ref(&mut table)?; // customer
             }
-            _ => return Err(r.malformed("customer flag is neither 0 nor 1")),
+            _ => return Err(r.malformed("customer flag is neither 0 nor 1").into()),
         }
         for _ in 0..r.len()? {
             r.skip_string()?; // ASIN
@@ -277,7 +288,7 @@ pub fn summary(bytes: &[u8]) -> Result<Summary<'_>, CodecError> {
         }
     }
     if r.at != bytes.len() {
-        return Err(r.malformed("trailing bytes"));
+        return Err(r.malformed("trailing bytes").into());
     }
     Ok(Summary {
         last_occurred_at,
@@ -383,21 +394,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn malformed(&self, what: &'static str) -> CodecError {
-        CodecError::Malformed { at: self.at, what }
+    #[cold]
+    fn malformed(&self, what: &'static str) -> Fail {
+        Box::new(CodecError::Malformed { at: self.at, what })
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
-        let b = *self
-            .bytes
-            .get(self.at)
-            .ok_or(CodecError::Truncated(self.at))?;
+    fn u8(&mut self) -> Result<u8, Fail> {
+        let Some(&b) = self.bytes.get(self.at) else {
+            return Err(self.truncated());
+        };
         self.at += 1;
         Ok(b)
     }
 
-    #[inline]
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    #[inline(always)]
+    fn u64(&mut self) -> Result<u64, Fail> {
         match self.bytes.get(self.at) {
             Some(&b) if b < 0x80 => {
                 self.at += 1;
@@ -407,28 +418,41 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn u64_long(&mut self) -> Result<u64, CodecError> {
+    #[cold]
+    fn truncated(&self) -> Fail {
+        Box::new(CodecError::Truncated(self.at))
+    }
+
+    /// [`Reader::u64`] of more than one byte (timestamps, mostly): read off the slice,
+    /// not a checked byte at a time.
+    #[inline(never)]
+    fn u64_long(&mut self) -> Result<u64, Fail> {
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
+                self.at += i + 1;
                 return Ok(v);
             }
+        }
+        if rest.len() < 10 {
+            self.at = self.bytes.len();
+            return Err(self.truncated());
         }
         Err(self.malformed("varint longer than 10 bytes"))
     }
 
-    #[inline]
-    fn i64(&mut self) -> Result<i64, CodecError> {
+    #[inline(always)]
+    fn i64(&mut self) -> Result<i64, Fail> {
         let v = self.u64()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
     /// A count of things that follow; bounded by the bytes left, so that a corrupt count
     /// cannot make us allocate gigabytes.
-    #[inline]
-    fn len(&mut self) -> Result<usize, CodecError> {
+    #[inline(always)]
+    fn len(&mut self) -> Result<usize, Fail> {
         let n = self.u64()?;
         if n > (self.bytes.len() - self.at) as u64 {
             return Err(self.malformed("count larger than the value"));
@@ -437,13 +461,13 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn string(&mut self) -> Result<CompactString, CodecError> {
+    fn string(&mut self) -> Result<CompactString, Fail> {
         Ok(CompactString::new(self.text()?))
     }
 
     /// A string, borrowed from the bytes.
-    #[inline]
-    fn text(&mut self) -> Result<&'a str, CodecError> {
+    #[inline(always)]
+    fn text(&mut self) -> Result<&'a str, Fail> {
         let n = self.len()?;
         let raw = &self.bytes[self.at..self.at + n];
         let s = utf8(raw).map_err(|_| self.malformed("invalid UTF-8"))?;
@@ -452,15 +476,16 @@ impl<'a> Reader<'a> {
     }
 
     /// Steps over a string without reading it.
-    #[inline]
-    fn skip_string(&mut self) -> Result<(), CodecError> {
+    #[inline(always)]
+    fn skip_string(&mut self) -> Result<(), Fail> {
         let n = self.len()?;
         self.at += n;
         Ok(())
     }
 
     /// A string reference: `0` and a new string, which joins the table, or a table index.
-    fn str_ref(&mut self, table: &mut Vec<&'a str>) -> Result<&'a str, CodecError> {
+    #[inline(always)]
+    fn str_ref(&mut self, table: &mut Vec<&'a str>) -> Result<&'a str, Fail> {
         match self.u64()? {
             0 => {
                 let s = self.text()?;
@@ -472,14 +497,15 @@ impl<'a> Reader<'a> {
     }
 
     /// A milestone name: like [`Reader::str_ref`], but a new string does not join the table.
-    fn name(&mut self, table: &[&'a str]) -> Result<&'a str, CodecError> {
+    #[inline(always)]
+    fn name(&mut self, table: &[&'a str]) -> Result<&'a str, Fail> {
         match self.u64()? {
             0 => self.text(),
             k => self.table_entry(table, k - 1),
         }
     }
 
-    fn table_entry(&self, table: &[&'a str], index: u64) -> Result<&'a str, CodecError> {
+    fn table_entry(&self, table: &[&'a str], index: u64) -> Result<&'a str, Fail> {
         table
             .get(index as usize)
             .copied()
