@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use compact_str::CompactString;
 
 use super::event::{Item, OrderEvent};
-use super::graph::{Derived, EncodedEvents, KeptEncoding, MilestoneNode, OrderGraph};
+use super::graph::{Derived, EncodedEvents, Evidence, KeptEncoding, MilestoneNode, OrderGraph};
 use super::text::same;
 
 /// The format this code writes.
@@ -202,7 +202,7 @@ pub fn decode(bytes: &[u8]) -> Result<OrderGraph, CodecError> {
         let flags = r.u8()?;
         let reached_at = if flags & 2 != 0 { Some(r.i64()?) } else { None };
         let n_evidence = r.len()?;
-        let mut evidence = Vec::with_capacity(n_evidence);
+        let mut evidence = Evidence::with_capacity(n_evidence);
         let mut index: u64 = 0;
         for _ in 0..n_evidence {
             index += r.u64()?;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 
 pub use event::{EventError, Item, OrderEvent};
-use graph::Standing;
+use graph::{Evidence, Standing};
 pub use graph::{MilestoneNode, OrderGraph};
 use rules::{MilestoneId, MilestoneSet};
 pub use rules::{Rules, RulesError};
@@ -77,10 +77,14 @@ thread_local! {
     /// is evaluated at each of its events, so allocating them each time would cost more than
     /// the evaluation itself.
     static SCRATCH: RefCell<Evaluation> = RefCell::new(Evaluation::default());
+    /// What one event changed (`settle_event`), likewise: most events change a milestone,
+    /// and a new vector for each cost an allocation and its growth, more than the rest of
+    /// the event's settling (callgrind).
+    static CHANGED: RefCell<Vec<(MilestoneId, Change)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Makes a node's evidence `now`, keeping its allocation.
-fn refresh(evidence: &mut Vec<u32>, now: &[u32]) {
+fn refresh(evidence: &mut Evidence, now: &[u32]) {
     if evidence.as_slice() != now {
         evidence.clear();
         evidence.extend_from_slice(now);
@@ -280,7 +284,7 @@ impl Engine {
                         name: name.clone(),
                         inferred: !evidenced,
                         reached_at,
-                        evidence: evidence.to_vec(),
+                        evidence: Evidence::from_slice(evidence),
                     });
                     changed.push((
                         id,
@@ -357,7 +361,10 @@ impl Engine {
         };
         let evidenced = before.evidenced.union(matched);
         let reached = rules.reached_by(evidenced, true);
-        let mut changed = Vec::new(); // (milestone id, change) in rank order
+        // (milestone id, change) in rank order, in the thread's buffer (taken, so that
+        // nothing here can find it borrowed).
+        let mut changed = CHANGED.with_borrow_mut(std::mem::take);
+        changed.clear();
         for id in reached.iter() {
             let change = if evidenced.contains(id) {
                 step.add_evidence(rules, graph, id)
@@ -371,7 +378,9 @@ impl Engine {
             reached,
             known: before.known.union(reached),
         };
-        self.settled(graph, standing, &changed)
+        let settled = self.settled(graph, standing, &changed);
+        CHANGED.set(changed);
+        settled
     }
 
     /// Keeps where the graph's nodes now stand and makes the records of what changed.
@@ -470,7 +479,7 @@ impl Step {
                 name: name.clone(),
                 inferred: false,
                 reached_at: Some(occurred_at),
-                evidence: vec![index],
+                evidence: Evidence::from_slice(&[index]),
             });
             return Some(Change::Reached { inferred: false });
         };
@@ -543,11 +552,11 @@ impl Step {
         rules: &Rules,
         graph: &OrderGraph,
         implying: MilestoneSet,
-    ) -> Vec<u32> {
+    ) -> Evidence {
         if implying.is_empty() {
             return (0..=self.index).collect();
         }
-        let mut behind = Vec::new();
+        let mut behind = Evidence::new();
         for by in implying.iter() {
             if self.matched.contains(by) {
                 behind.push(self.index);
@@ -556,7 +565,7 @@ impl Step {
                 continue; // evidenced by this event alone
             }
             if let Some(node) = graph.milestone(&rules.milestones()[by].name) {
-                behind.extend(node.evidence.iter().filter(|&&i| i != self.index));
+                behind.extend(node.evidence.iter().copied().filter(|&i| i != self.index));
             }
         }
         behind.sort_unstable();
