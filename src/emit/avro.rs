@@ -4,7 +4,7 @@
 //! `Value`. The unit tests read the bytes back with `apache_avro` and the schema files, so
 //! the code and the schemas cannot drift apart unnoticed.
 
-use crate::engine::{MilestoneChange, OrderEvent, OrderView};
+use crate::engine::{codec, MilestoneChange, OrderEvent, OrderView};
 use crate::ingest::FormatError;
 
 pub const MILESTONE_CHANGE_SCHEMA: &str = include_str!("../../avro/milestone_change.avsc");
@@ -79,20 +79,10 @@ fn unsigned(field: &'static str, value: u64) -> Result<i64, FormatError> {
     i64::try_from(value).map_err(|_| FormatError::OutOfRange { field, value })
 }
 
-/// A zigzag varint.
+/// A zigzag varint: the state encoding's own.
 #[inline]
 fn write_long(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    // Lengths, counts, flags and union branches: one byte.
-    if raw < 0x80 {
-        out.push(raw as u8);
-        return;
-    }
-    while raw >= 0x80 {
-        out.push(raw as u8 | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
+    codec::put_i64(out, value);
 }
 
 #[inline]

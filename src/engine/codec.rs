@@ -368,9 +368,42 @@ fn put_u64_long(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[..=n]);
 }
 
+/// A zigzag-encoded varint: Avro's `long` as well (`emit::avro` writes its longs with it).
 #[inline]
-fn put_i64(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
     put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// A zigzag-encoded varint's value.
+#[inline(always)]
+pub(crate) fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Why bytes do not start with a varint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VarintError {
+    /// They end within it.
+    Truncated,
+    /// Ten bytes and no last one.
+    TooLong,
+}
+
+/// The LEB128 varint at the start of `bytes` (as the state encoding and Avro write them):
+/// its value and how many bytes it takes. Read off the slice, not a checked byte at a time.
+#[inline]
+pub(crate) fn read_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok((v, i + 1));
+        }
+    }
+    Err(match bytes.len() {
+        0..10 => VarintError::Truncated,
+        _ => VarintError::TooLong,
+    })
 }
 
 #[inline]
@@ -423,30 +456,25 @@ impl<'a> Reader<'a> {
         Box::new(CodecError::Truncated(self.at))
     }
 
-    /// [`Reader::u64`] of more than one byte (timestamps, mostly): read off the slice,
-    /// not a checked byte at a time.
+    /// [`Reader::u64`] of more than one byte: timestamps, mostly.
     #[inline(never)]
     fn u64_long(&mut self) -> Result<u64, Fail> {
-        let rest = self.bytes.get(self.at..).unwrap_or_default();
-        let mut v: u64 = 0;
-        for (i, &b) in rest.iter().take(10).enumerate() {
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                self.at += i + 1;
-                return Ok(v);
+        match read_varint(self.bytes.get(self.at..).unwrap_or_default()) {
+            Ok((v, n)) => {
+                self.at += n;
+                Ok(v)
             }
+            Err(VarintError::Truncated) => {
+                self.at = self.bytes.len();
+                Err(self.truncated())
+            }
+            Err(VarintError::TooLong) => Err(self.malformed("varint longer than 10 bytes")),
         }
-        if rest.len() < 10 {
-            self.at = self.bytes.len();
-            return Err(self.truncated());
-        }
-        Err(self.malformed("varint longer than 10 bytes"))
     }
 
     #[inline(always)]
     fn i64(&mut self) -> Result<i64, Fail> {
-        let v = self.u64()?;
-        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        Ok(unzigzag(self.u64()?))
     }
 
     /// A count of things that follow; bounded by the bytes left, so that a corrupt count

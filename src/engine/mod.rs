@@ -77,11 +77,12 @@ thread_local! {
     /// is evaluated at each of its events, so allocating them each time would cost more than
     /// the evaluation itself.
     static SCRATCH: RefCell<Evaluation> = RefCell::new(Evaluation::default());
-    /// What one event changed (`settle_event`), likewise: most events change a milestone,
-    /// and a new vector for each cost an allocation and its growth, more than the rest of
-    /// the event's settling (callgrind).
-    static CHANGED: RefCell<Vec<(MilestoneId, Change)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The milestones a settling changed, `(milestone id, change)` in rank order: kept on the
+/// stack up to eight, as an event changes one or two (a new vector for each event cost an
+/// allocation and its growth, more than the rest of the event's settling: callgrind).
+type Changed = smallvec::SmallVec<[(MilestoneId, Change); 8]>;
 
 /// Makes a node's evidence `now`, keeping its allocation.
 fn refresh(evidence: &mut Evidence, now: &[u32]) {
@@ -268,7 +269,7 @@ impl Engine {
     fn settle_with(&self, graph: &mut OrderGraph, eval: &mut Evaluation) -> Settled {
         let types = graph.derived.of(&self.rules, &graph.events);
         evaluate(&self.rules, &graph.events, types, eval);
-        let mut changed = Vec::new(); // (milestone id, change) in rank order
+        let mut changed = Changed::new();
         for id in eval.reached.iter() {
             let evidenced = eval.evidenced.contains(id);
             let name = &self.rules.milestones()[id].name;
@@ -361,10 +362,7 @@ impl Engine {
         };
         let evidenced = before.evidenced.union(matched);
         let reached = rules.reached_by(evidenced, true);
-        // (milestone id, change) in rank order, in the thread's buffer (taken, so that
-        // nothing here can find it borrowed).
-        let mut changed = CHANGED.with_borrow_mut(std::mem::take);
-        changed.clear();
+        let mut changed = Changed::new();
         for id in reached.iter() {
             let change = if evidenced.contains(id) {
                 step.add_evidence(rules, graph, id)
@@ -378,9 +376,7 @@ impl Engine {
             reached,
             known: before.known.union(reached),
         };
-        let settled = self.settled(graph, standing, &changed);
-        CHANGED.set(changed);
-        settled
+        self.settled(graph, standing, &changed)
     }
 
     /// Keeps where the graph's nodes now stand and makes the records of what changed.

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use apache_avro::types::Value;
 use compact_str::CompactString;
 
-use crate::engine::{codec, Item, OrderEvent};
+use crate::engine::codec::{self, VarintError};
+use crate::engine::{Item, OrderEvent};
 
 /// Our reader schema for input events.
 pub const ORDER_EVENT_SCHEMA: &str = include_str!("../../avro/order_event.avsc");
@@ -181,7 +182,7 @@ impl<'a> Reader<'a> {
         // Most are one byte: string lengths, quantities, counts, union branches.
         if let [byte @ 0..0x80, rest @ ..] = self.bytes {
             self.bytes = rest;
-            return Ok(i64::from(byte >> 1) ^ -i64::from(byte & 1));
+            return Ok(codec::unzigzag(u64::from(*byte)));
         }
         self.long_varint(field)
     }
@@ -189,21 +190,14 @@ impl<'a> Reader<'a> {
     /// [`Reader::long`] of more than one byte.
     #[inline(never)]
     fn long_varint(&mut self, field: &'static str) -> Result<i64, ReadError> {
-        let mut raw: u64 = 0;
-        for (i, &byte) in self.bytes.iter().enumerate().take(10) {
-            raw |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                self.bytes = &self.bytes[i + 1..];
-                return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        match codec::read_varint(self.bytes) {
+            Ok((raw, n)) => {
+                self.bytes = &self.bytes[n..];
+                Ok(codec::unzigzag(raw))
             }
+            Err(VarintError::Truncated) => Err(Reader::error(field, Problem::Truncated)),
+            Err(VarintError::TooLong) => Err(Reader::error(field, Problem::VarintTooLong)),
         }
-        Err(Reader::error(
-            field,
-            match self.bytes.len() {
-                0..10 => Problem::Truncated,
-                _ => Problem::VarintTooLong,
-            },
-        ))
     }
 
     pub(super) fn int(&mut self, field: &'static str) -> Result<i32, ReadError> {

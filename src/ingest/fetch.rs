@@ -238,8 +238,8 @@ impl InputRecord for Fetched<'_> {
     }
     fn topic(&self) -> &str {
         // SAFETY: a consumed message holds a reference to its topic, whose name is a C
-        // string; Kafka topic names are ASCII.
-        // Kafka topic names are ASCII: checked so, not validated as UTF-8, for every record.
+        // string. Kafka topic names are ASCII: checked so (not validated as UTF-8) for
+        // every record.
         let name = unsafe { CStr::from_ptr(rdsys::rd_kafka_topic_name(self.message.rkt)) };
         crate::engine::codec::utf8(name.to_bytes()).unwrap_or("(topic name not UTF-8)")
     }
