@@ -303,6 +303,48 @@ fn a_writer_the_plan_does_not_cover_is_resolved() {
     );
 }
 
+/// Before the first record the processor has the decoder learn the writer schema each input
+/// topic's values were last registered with: records of it are then read with no registry
+/// lookup in their way. A topic without such a subject teaches nothing, and is no error.
+#[test]
+fn the_decoder_learns_each_inputs_latest_writer_schema_ahead() {
+    let (runtime, registry) = setup();
+    let (value, expected) = full_event("order-1");
+    let topic = common::unique_topic("formats_latest");
+    let ours = encode_with(
+        &runtime,
+        &topic,
+        ORDER_EVENT_SCHEMA,
+        Value::Record(value.clone()),
+    );
+    let older_schema = schema_without(ORDER_EVENT_SCHEMA, &["marketplace", "attributes"]);
+    let mut older_value = value;
+    older_value.retain(|(name, _)| name != "marketplace" && name != "attributes");
+    let older_topic = common::unique_topic("formats_latest_older");
+    let older = encode_with(
+        &runtime,
+        &older_topic,
+        &older_schema,
+        Value::Record(older_value),
+    );
+    let unregistered = common::unique_topic("formats_latest_none");
+    let id = |payload: &Vec<u8>| schema_id(&Some(payload.clone()));
+
+    let decoder = decoder(&runtime, &registry);
+    assert_eq!(
+        decoder.schema_route(id(&ours)),
+        None,
+        "known before learning"
+    );
+    decoder.learn_latest(&[topic, older_topic, unregistered]);
+    assert_eq!(decoder.schema_route(id(&ours)), Some("direct"));
+    assert_eq!(decoder.schema_route(id(&older)), Some("planned"));
+    let decoded = decoder
+        .decode(Some(b"order-1"), Some(&ours))
+        .unwrap_or_else(|e| panic!("{} {e}", e.class()));
+    assert_eq!(decoded, expected);
+}
+
 /// The decoder reads records of our own schema without a lock once it knows the id; records
 /// of another writer, in between, are still read with theirs.
 #[test]

@@ -2,14 +2,16 @@
 //! record of the followed partitions comes out once, in offset order, in batches no larger
 //! than asked; a consume with nothing waiting waits for a first record and no longer; and
 //! a seek (what an aborted transaction does) drops the records fetched before it, so that
-//! consumption goes on from the seek's offset without stale records in between.
+//! consumption goes on from the seek's offset without stale records in between; and a
+//! partition held before it is assigned (what a rebalance does until the partition's state
+//! is restored) keeps what is fetched out of the consumer's queue until it is followed.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
+use order_milestones::ingest::{hold, Batch, FetchQueue, InputRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -42,21 +44,26 @@ fn produce(topic: &str) {
         .expect("flushing the records");
 }
 
-/// A consumer assigned partitions 0 and 1 of `topic` from the start, paused, followed by
-/// the returned queue, then resumed: the order the processor does it in.
-fn follow_both<'c>(consumer: &'c BaseConsumer, topic: &str) -> FetchQueue<'c> {
+/// Holds partitions 0 and 1 of `topic` and assigns them to `consumer` from the start: what
+/// a rebalance does before the partitions are restored.
+fn hold_and_assign_both(consumer: &BaseConsumer, topic: &str) {
     let mut both = TopicPartitionList::new();
     for partition in 0..2 {
+        hold(consumer, topic, partition).expect("holding");
         both.add_partition_offset(topic, partition, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&both).expect("assigning");
-    consumer.pause(&both).expect("pausing");
+}
+
+/// A consumer's partitions 0 and 1 of `topic`, held, assigned from the start and followed
+/// by the returned queue: the order the processor does it in.
+fn follow_both<'c>(consumer: &'c BaseConsumer, topic: &str) -> FetchQueue<'c> {
+    hold_and_assign_both(consumer, topic);
     let fetch = FetchQueue::new(consumer);
     for partition in 0..2 {
         fetch.follow(topic, partition).expect("following");
     }
-    consumer.resume(&both).expect("resuming");
     fetch
 }
 
@@ -180,5 +187,70 @@ async fn a_seek_drops_the_records_fetched_before_it() {
                 next_p0 += 1;
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn a_held_partition_keeps_its_records_until_followed_then_hands_them_over_at_once() {
+    common::require_kafka();
+    let topic = common::unique_topic("fetch_held");
+    common::create_topic(&topic, 2).await;
+    produce(&topic);
+    let consumer = consumer();
+    hold_and_assign_both(&consumer, &topic);
+
+    // Long enough for the fetcher to look up where to start and fetch: nothing may reach
+    // the consumer's own queue meanwhile.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let record = message.expect("no consumer error");
+            panic!(
+                "record {}[{}]@{} reached the consumer's queue while held",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            );
+        }
+    }
+
+    // Followed: what was fetched while held comes out at once (no wait for a fetch), then
+    // the rest, every record once and in order.
+    let fetch = FetchQueue::new(&consumer);
+    let followed = Instant::now();
+    for partition in 0..2 {
+        fetch.follow(&topic, partition).expect("following");
+    }
+    let mut batch = Batch::default();
+    fetch.consume(Duration::from_secs(5), 250, &mut batch);
+    let first = followed.elapsed();
+    assert!(!batch.is_empty(), "nothing within 5 s of following");
+    assert!(
+        first < Duration::from_millis(500),
+        "the first batch took {first:?}: the held records were not handed over"
+    );
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for index in 0..batch.len() {
+            let record = batch.get(index).unwrap().expect("a record, not an error");
+            let expected = next.entry(record.partition()).or_insert(0);
+            assert_eq!(
+                record.offset(),
+                *expected,
+                "partition {}",
+                record.partition()
+            );
+            *expected += 1;
+        }
+        if next.values().sum::<i64>() == 2 * RECORDS_PER_PARTITION {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every record within 30 s: {next:?}"
+        );
+        consumer.poll(Duration::ZERO);
+        fetch.consume(Duration::from_millis(100), 250, &mut batch);
     }
 }

@@ -10,7 +10,7 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use schema_registry_converter::schema_registry_common::SchemaType;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::avro::{event_from_value, read_event, split_header, ORDER_EVENT_SCHEMA};
 use super::plan::ReadPlan;
@@ -198,6 +198,33 @@ impl EventDecoder {
     /// been fetched.
     pub fn add_writer_schema(&self, id: u32, schema: &str) {
         self.remember(id, self.plan(schema));
+    }
+
+    /// Learns the writer schema each of `topics` is most likely written with, the latest
+    /// registered for its values, so that the first records need not wait for the registry
+    /// (a record with another id is looked up as ever). For Avro only; nothing is learned
+    /// of a topic without such a subject, or while the registry cannot answer (the first
+    /// record asks again, and says so).
+    pub fn learn_latest(&self, topics: &[String]) {
+        let (Format::Avro, Some(registry)) = (self.format, &self.registry) else {
+            return;
+        };
+        for topic in topics {
+            match self.runtime.block_on(registry.latest_value_schema(topic)) {
+                Ok(Some(latest))
+                    if latest.schema_type == SchemaType::Avro && latest.references.is_empty() =>
+                {
+                    self.remember(latest.id, self.plan(&latest.schema));
+                }
+                Ok(_) => debug!(
+                    topic,
+                    "no Avro schema registered for the topic's values yet"
+                ),
+                Err(error) => {
+                    debug!(topic, %error, "the topic's latest value schema is not known yet")
+                }
+            }
+        }
     }
 
     /// Caches what writer schema `id` is, and says how its records are read when that is

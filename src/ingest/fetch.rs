@@ -7,7 +7,8 @@
 //! The group consumer's own queue keeps its events (rebalances, errors, statistics), so the
 //! consumer is still polled between batches, and a rebalance never falls inside one.
 //! librdkafka stops forwarding a partition when its fetcher stops (revoke, unassign), so
-//! a partition is followed again after every assignment, before it is resumed.
+//! a partition is followed again after every assignment. Until then its records are held
+//! in its own queue ([`hold`]).
 
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
@@ -53,6 +54,51 @@ impl InputRecord for BorrowedMessage<'_> {
     }
 }
 
+/// Keeps the fetched records of `topic`/`partition` in the partition's own queue, out of
+/// the consumer's, until a [`FetchQueue`] follows it (which takes those already fetched
+/// too). Called before the partition is assigned: librdkafka keeps a forwarding the
+/// application set when the partition's fetcher starts, and otherwise forwards the
+/// records to the consumer's queue. librdkafka stops fetching a partition whose queue
+/// holds `queued.max.messages.kbytes`.
+pub fn hold<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> KafkaResult<()> {
+    forward(
+        consumer.client().native_ptr(),
+        topic,
+        partition,
+        std::ptr::null_mut(),
+    )
+}
+
+/// Forwards the fetched records of `topic`/`partition` of consumer `rk` to `to`, or keeps
+/// them in the partition's own queue with a null `to`.
+fn forward(
+    rk: *mut rdsys::rd_kafka_t,
+    topic: &str,
+    partition: i32,
+    to: *mut rdsys::rd_kafka_queue_t,
+) -> KafkaResult<()> {
+    let name = CString::new(topic)
+        .map_err(|_| KafkaError::Subscription(format!("topic name {topic:?} has a NUL byte")))?;
+    // SAFETY: `rk` is a live consumer (the callers' borrow of it); the partition queue
+    // handle is destroyed here (the forwarding it set stays in place); `to` is null or a
+    // live queue of the same consumer.
+    unsafe {
+        let partition_queue = rdsys::rd_kafka_queue_get_partition(rk, name.as_ptr(), partition);
+        if partition_queue.is_null() {
+            return Err(KafkaError::Subscription(format!(
+                "no queue for {topic}[{partition}]: not a partition of this consumer"
+            )));
+        }
+        rdsys::rd_kafka_queue_forward(partition_queue, to);
+        rdsys::rd_kafka_queue_destroy(partition_queue);
+    }
+    Ok(())
+}
+
 /// A queue that followed partitions' fetched records go to instead of the consumer's
 /// queue. Lives no longer than its consumer (`'c`), as librdkafka requires.
 pub struct FetchQueue<'c> {
@@ -78,28 +124,13 @@ impl<'c> FetchQueue<'c> {
         }
     }
 
-    /// Sends the fetched records of `topic`/`partition` to this queue from now on. Either
-    /// before the partition is assigned (librdkafka keeps a forwarding the application set
-    /// when the partition's fetcher starts) or while it is assigned and still paused, so
-    /// that nothing was fetched to the consumer's own queue before.
+    /// Sends the fetched records of `topic`/`partition` to this queue from now on, with
+    /// those its own queue holds ([`hold`]). Either before the partition is assigned
+    /// (librdkafka keeps a forwarding the application set when the partition's fetcher
+    /// starts) or while it is assigned and held, so that nothing was fetched to the
+    /// consumer's own queue before.
     pub fn follow(&self, topic: &str, partition: i32) -> KafkaResult<()> {
-        let name = CString::new(topic).map_err(|_| {
-            KafkaError::Subscription(format!("topic name {topic:?} has a NUL byte"))
-        })?;
-        // SAFETY: the consumer lives for 'c; the partition queue handle is destroyed here
-        // (the forwarding it set stays in place).
-        unsafe {
-            let partition_queue =
-                rdsys::rd_kafka_queue_get_partition(self.consumer, name.as_ptr(), partition);
-            if partition_queue.is_null() {
-                return Err(KafkaError::Subscription(format!(
-                    "no queue for {topic}[{partition}]: not a partition of this consumer"
-                )));
-            }
-            rdsys::rd_kafka_queue_forward(partition_queue, self.queue.as_ptr());
-            rdsys::rd_kafka_queue_destroy(partition_queue);
-        }
-        Ok(())
+        forward(self.consumer, topic, partition, self.queue.as_ptr())
     }
 
     /// Replaces `batch` with the records waiting, up to `max`; when there are none, waits

@@ -19,5 +19,5 @@ mod plan;
 mod registry;
 
 pub use decode::{DecodeError, EventDecoder, Format, FormatError};
-pub use fetch::{Batch, FetchQueue, Fetched, InputRecord};
+pub use fetch::{hold, Batch, FetchQueue, Fetched, InputRecord};
 pub use registry::{RegistryClient, RegistryConfig, RegistryError};

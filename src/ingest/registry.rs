@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use schema_registry_converter::async_impl::schema_registry::{
-    get_schema_by_id, post_schema, SrSettings,
+    get_schema_by_id, get_schema_by_subject, post_schema, SrSettings,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
-    RawError, RegisteredSchema, SchemaType, SuppliedSchema,
+    RawError, RegisteredSchema, SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +137,25 @@ impl RegistryClient {
                     message: describe(&e),
                 },
             })
+    }
+
+    /// The latest schema registered for the values of `topic` (its subject `<topic>-value`),
+    /// `None` when the registry has no such subject.
+    ///
+    /// Errors: [`RegistryError::Unavailable`] when the registry cannot answer.
+    pub async fn latest_value_schema(
+        &self,
+        topic: &str,
+    ) -> Result<Option<RegisteredSchema>, RegistryError> {
+        let subject = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
+        match get_schema_by_subject(&self.settings, &subject).await {
+            Ok(registered) => Ok(Some(registered)),
+            Err(e) if client_error(&e) => Ok(None),
+            Err(e) => Err(RegistryError::Unavailable {
+                url: self.url.clone(),
+                message: describe(&e),
+            }),
+        }
     }
 
     /// Registers an Avro schema under `subject` (or finds it already there) and returns its id.

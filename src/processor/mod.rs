@@ -151,9 +151,6 @@ pub fn run(
                 .transpose()
         })
         .map_err(|e| ProcessorError::Internal(format!("starting a thread: {e}")))?;
-    let existing = topics::existing_partitions(config)?;
-    let partitions = topics::check(config, &existing)?;
-    telemetry.orders.set_partition_count(partitions);
     let state_dir = StateDir::open(&config.state, &config.application.id)?;
     let registry = move || {
         registry
@@ -243,7 +240,7 @@ pub fn run(
 /// `shutdown` is set.
 fn member(
     config: &Config,
-    registry: impl FnOnce() -> Result<Option<RegistryClient>, ProcessorError>,
+    registry: impl FnOnce() -> Result<Option<RegistryClient>, ProcessorError> + Send,
     engine: Engine,
     runtime: tokio::runtime::Handle,
     stopped: &(dyn Fn() -> bool + Sync),
@@ -283,28 +280,40 @@ fn member(
             metrics: telemetry.metrics.clone(),
             follower: follower.clone(),
         })?;
-    // The group join, the fencing, the registry client's TLS set-up and the schemas'
-    // registration go on at once, each mostly a wait (measured: the join 20 to 45 ms, the
-    // fencing 15 to 30 ms, the registry client ready 25 to 40 ms after the topics check and
-    // the registrations 15 to 30 ms; the member used to subscribe once the schemas were
-    // registered and fence after that). The assignment waits for the first poll, below,
-    // once the core that takes it is built.
+    // The topics are checked before the member joins, on its own connection.
+    let partitions = topics::check(
+        config,
+        &topics::partitions_of(&consumer, &topics::checked(config))?,
+    )?;
+    telemetry.orders.set_partition_count(partitions);
+    // The group join, the fencing, the registry client's TLS set-up, the schemas'
+    // registration and the input's writer schema go on at once, each mostly a wait
+    // (measured: the join 20 to 45 ms, the fencing 15 to 30 ms, the registry client ready
+    // 25 to 40 ms after the topics check and the registrations 15 to 30 ms; the member used
+    // to subscribe once the schemas were registered and fence after that).
     consumer.subscribe(&[t.inputs[0].as_str()])?;
-    let (fenced, prepared) = std::thread::scope(|scope| {
+    let (fenced, prepared, served) = std::thread::scope(|scope| {
         // Fences any earlier incarnation of this instance and aborts its open transaction.
         let fencing = scope.spawn(|| txn::init_transactions(&producer, TXN_TIMEOUT));
-        let prepared = registry().and_then(|registry| {
+        let preparing = scope.spawn(|| {
+            let registry = registry()?;
             let (changes, views) = encoders(t, registry.as_ref(), &runtime)?;
-            Ok((registry, changes, views))
+            let decoder = EventDecoder::new(t.input_format, registry, runtime.clone())?;
+            decoder.learn_latest(&t.inputs);
+            Ok::<_, ProcessorError>((changes, views, decoder))
         });
-        let fenced = fencing
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        (fenced, prepared)
+        // Meanwhile this thread serves the group's events: the assignment, and with it
+        // librdkafka's lookup of where each partition starts (100 ms at least for a new
+        // group) and its first fetch, begins as the join completes instead of once both of
+        // the above are done. The records wait in their partitions' queues until restored.
+        let served = serve_group_until(&consumer, || {
+            fencing.is_finished() && preparing.is_finished()
+        });
+        (joined(fencing), joined(preparing), served)
     });
     fenced?;
-    let (registry, changes, views) = prepared?;
-    let decoder = EventDecoder::new(t.input_format, registry.clone(), runtime.clone())?;
+    let (changes, views, decoder) = prepared?;
+    served?;
 
     let settings = Settings {
         inputs: t.inputs.clone(),
@@ -535,6 +544,37 @@ fn handle<R: InputRecord>(
     }
 }
 
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Serves the group consumer's events (rebalance callbacks, errors) until `done`, which is
+/// asked every couple of milliseconds. No record can come: a newly assigned partition's
+/// records are held until it is restored (see [`rebalance`]); should one come all the
+/// same, the member stops rather than skip it.
+fn serve_group_until(
+    consumer: &BaseConsumer<RebalanceContext>,
+    done: impl Fn() -> bool,
+) -> Result<(), ProcessorError> {
+    while !done() {
+        match consumer.poll(Duration::from_millis(2)) {
+            None => {}
+            Some(Err(error)) => warn!(%error, "consumer error"),
+            Some(Ok(record)) => {
+                return Err(ProcessorError::Internal(format!(
+                    "record from {}[{}] before its state was restored",
+                    record.topic(),
+                    record.partition()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How long a partition's restore is tried again after retriable errors (a changelog created
 /// a moment ago whose leader the broker does not know yet, a broker restarting) before the
 /// instance gives up and stops.
@@ -568,10 +608,10 @@ fn retry_restore<T>(
     }
 }
 
-/// Restores the stores of newly assigned partitions, then has their records sent to their
-/// shard's fetch queue and resumes them, and assigns the follower the same partitions of
-/// the other input topics from the group's committed offsets, their records sent to the
-/// shard's follower lane from the start.
+/// Restores the stores of newly assigned partitions, then has their records (those held
+/// meanwhile too) sent to their shard's fetch queue, and assigns the follower the same
+/// partitions of the other input topics from the group's committed offsets, their records
+/// sent to the shard's follower lane from the start.
 fn restore_pending(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
@@ -653,10 +693,8 @@ fn restore_pending(
                 ProcessorError::Internal(format!("shard {shard} has no such fetch queue"))
             })
         };
+        // With the records fetched while it was restored.
         lane(Some(lanes.group(shard)))?.follow(&topic, partition)?;
-        let mut resume = TopicPartitionList::new();
-        resume.add_partition(&topic, partition);
-        inputs.group.resume(&resume)?;
         for other in followed_topics {
             let start = match committed
                 .find_partition(other, partition)

@@ -4,12 +4,17 @@
 //! - A revoke blocks until drained: the open transaction commits (its offsets included)
 //!   and the revoked partitions' stores close before the partitions are given up, so the
 //!   next owner starts exactly where this instance stopped.
-//! - An assign pauses the new partitions: the loop restores their stores from the
-//!   changelog before any of their records is processed.
+//! - An assign holds the new partitions' records in their own queues
+//!   ([`crate::ingest::hold`]), out of the consumer's: librdkafka fetches them while the
+//!   loop restores the partitions' stores from the changelog, and none is processed before
+//!   its partition is restored and its queue followed. (Paused partitions instead waited
+//!   about a second after a restore that outlasted librdkafka's lookup of their start: a
+//!   resumed partition is fetched once the broker thread wakes up by itself. Measured at
+//!   start, BENCHMARKS.md, session 25.)
 //! - The consumer joins the group before the core exists (while the producer initialises
-//!   its transactions and the schemas are registered); its first poll comes once the core
-//!   is set ([`RebalanceContext::core`]), and an assignment is noted here, not in the core,
-//!   so it never depends on which came first.
+//!   its transactions and the schemas are registered), and is polled meanwhile; an
+//!   assignment is noted here, not in the core ([`RebalanceContext::core`]), so it never
+//!   depends on which came first.
 //! - With more than one input topic the group assigns the first topic's partitions only;
 //!   the follower consumer gets the same-numbered partitions of the others once restored
 //!   (see `restore_pending`), and gives them up here, with the revoked ones.
@@ -24,6 +29,7 @@ use tracing::{error, info};
 
 use super::core::{lock, Core, Inputs};
 use crate::api::Health;
+use crate::ingest::hold;
 use crate::metrics::Metrics;
 
 pub(crate) struct RebalanceContext {
@@ -31,7 +37,7 @@ pub(crate) struct RebalanceContext {
     /// processing thread ever takes it, in the loop or in these callbacks, never across an
     /// await; the lock is what hands the core between them.
     pub core: OnceLock<Arc<Mutex<Core>>>,
-    /// Partitions assigned and paused until the loop restores their stores.
+    /// Partitions assigned, their records held, until the loop restores their stores.
     pub pending: Mutex<Vec<(String, i32)>>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -62,8 +68,25 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
+        let tpl = match rebalance {
+            Rebalance::Revoke(tpl) => tpl,
+            Rebalance::Assign(tpl) => {
+                // Before the assignment, which starts the fetchers.
+                for (topic, partition) in partitions(tpl) {
+                    if let Err(error) = hold(consumer, &topic, partition) {
+                        // Its records would come to the consumer's queue, where the loop
+                        // stops at the first rather than process it unrestored.
+                        error!(
+                            %error,
+                            topic,
+                            partition,
+                            "holding a newly assigned partition's records failed"
+                        );
+                    }
+                }
+                return;
+            }
+            Rebalance::Error(_) => return,
         };
         let revoked = partitions(tpl);
         lock(&self.pending).retain(|p| !revoked.contains(p));
@@ -81,15 +104,12 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
         if tpl.count() == 0 {
             return;
-        }
-        if let Err(error) = consumer.pause(tpl) {
-            error!(%error, "pausing newly assigned partitions failed");
         }
         let assigned = partitions(tpl);
         info!(
