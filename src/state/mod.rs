@@ -82,7 +82,8 @@ pub trait PartitionStore: Send {
 /// Changes to a store, applied together with the changelog position they bring it to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreBatch {
-    /// `(key, Some(value))` puts, `(key, None)` deletes, applied in order.
+    /// `(key, Some(value))` puts and `(key, None)` deletes. The entries of one key apply in
+    /// the order given; different keys in any order.
     pub puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The new checkpoint (next changelog offset to apply); None leaves it unchanged.
     pub checkpoint: Option<i64>,

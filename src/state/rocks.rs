@@ -276,7 +276,13 @@ impl PartitionStore for RocksStore {
         Ok(value.map(|v| v.to_vec()))
     }
 
-    fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError> {
+    fn write(&mut self, mut batch: StoreBatch) -> Result<(), StoreError> {
+        // In key order: the memtable's skiplist inserts a key next to the one before it
+        // from there, not from its head. A commit's orders come in a hash map's order; new
+        // orders (ids mostly increasing) sorted go in at about one comparison per level
+        // instead of ~35 (callgrind, 10,000-order benchmark input: 7,500 to 4,400
+        // instructions per put, the sort included). Stable: a key's entries keep their order.
+        batch.puts.sort_by(|a, b| a.0.cmp(&b.0));
         // Room for every record (a tag, two length varints, the key with its prefix byte and
         // the value) and the checkpoint: a commit's batch is megabytes, and growing it from
         // empty copied it over and over.
@@ -381,6 +387,27 @@ mod tests {
         store.close().unwrap();
         let store = RocksStore::open(dir.path(), &options()).unwrap();
         assert_eq!(store.checkpoint().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_batch_applies_each_keys_entries_in_their_order_whatever_the_keys_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path(), &options()).unwrap();
+        let mut batch = StoreBatch::new();
+        batch
+            .put(b"O-3".to_vec(), "3")
+            .put(b"O-1".to_vec(), "first")
+            .delete(b"O-3".to_vec())
+            .put(b"O-2".to_vec(), "2")
+            .put(b"O-1".to_vec(), "second")
+            .delete(b"O-4".to_vec())
+            .put(b"O-4".to_vec(), "4");
+        store.write(batch).unwrap();
+        let get = |key: &[u8]| PartitionStore::get(&store, key).unwrap();
+        assert_eq!(get(b"O-1").as_deref(), Some(&b"second"[..]));
+        assert_eq!(get(b"O-2").as_deref(), Some(&b"2"[..]));
+        assert_eq!(get(b"O-3"), None);
+        assert_eq!(get(b"O-4").as_deref(), Some(&b"4"[..]));
     }
 
     #[test]
