@@ -525,6 +525,28 @@ fn an_unreachable_registry_is_retriable_not_bad_input() {
     assert!(error.is_retriable());
 }
 
+/// The start must not wait on a registry that does not answer: learning the inputs' latest
+/// schemas gives up after a second, and the first record asks the registry again.
+#[test]
+fn learning_the_inputs_schemas_of_a_silent_registry_gives_up_soon() {
+    let runtime = Runtime::new().expect("a tokio runtime");
+    // Takes connections (the kernel's backlog does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let url = format!("http://{}", silent.local_addr().expect("its address"));
+    let mut config = RegistryConfig::new(url);
+    config.timeout_ms = 30_000;
+    let registry = RegistryClient::new(&config).expect("a registry client");
+    let decoder = decoder(&runtime, &registry);
+    let started = std::time::Instant::now();
+    decoder.learn_latest(&["first".to_owned(), "second".to_owned()]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "learning waited {took:?} for a silent registry"
+    );
+    assert_eq!(decoder.schema_route(1), None);
+}
+
 fn change() -> MilestoneChange {
     MilestoneChange {
         order_id: "order-42".into(),

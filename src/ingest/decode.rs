@@ -203,26 +203,25 @@ impl EventDecoder {
     /// Learns the writer schema each of `topics` is most likely written with, the latest
     /// registered for its values, so that the first records need not wait for the registry
     /// (a record with another id is looked up as ever). For Avro only; nothing is learned
-    /// of a topic without such a subject, or while the registry cannot answer (the first
-    /// record asks again, and says so).
+    /// of a topic without such a subject, or while the registry does not answer within
+    /// [`LEARN_WAIT`] (the first record asks again, and says so).
     pub fn learn_latest(&self, topics: &[String]) {
         let (Format::Avro, Some(registry)) = (self.format, &self.registry) else {
             return;
         };
         for topic in topics {
-            match self.runtime.block_on(registry.latest_value_schema(topic)) {
-                Ok(Some(latest))
+            let latest = registry.latest_value_schema(topic);
+            let wait = async { tokio::time::timeout(LEARN_WAIT, latest).await };
+            match self.runtime.block_on(wait) {
+                Ok(Ok(Some(latest)))
                     if latest.schema_type == SchemaType::Avro && latest.references.is_empty() =>
                 {
                     self.remember(latest.id, self.plan(&latest.schema));
                 }
-                Ok(_) => debug!(
-                    topic,
-                    "no Avro schema registered for the topic's values yet"
-                ),
-                Err(error) => {
-                    debug!(topic, %error, "the topic's latest value schema is not known yet")
-                }
+                Ok(Ok(_)) => debug!(topic, "no Avro schema registered for the topic's values"),
+                // The registry is down or slow: the first record asks it again.
+                Ok(Err(error)) => return debug!(topic, %error, "the input's schema not learned"),
+                Err(_) => return debug!(topic, ?LEARN_WAIT, "the input's schema not learned"),
             }
         }
     }
@@ -400,6 +399,10 @@ impl EventDecoder {
         }
     }
 }
+
+/// How long the start waits for the registry's latest schema of an input: a best effort,
+/// which must not hold the start back when the registry is slow or down.
+const LEARN_WAIT: Duration = Duration::from_secs(1);
 
 /// Says how the records of schema id `id` are read: an operator sees a producer whose
 /// schema is read the slow way, or not at all, without reading the dead letters.
