@@ -303,16 +303,23 @@ fn a_writer_the_plan_does_not_cover_is_resolved() {
     );
 }
 
-/// Before the first record the processor has the decoder learn the writer schema each input
-/// topic's values were last registered with: records of it are then read with no registry
-/// lookup in their way. A topic without such a subject teaches nothing, and is no error.
-#[test]
-fn the_decoder_learns_each_inputs_latest_writer_schema_ahead() {
-    let (runtime, registry) = setup();
+/// One order event written with our schema to one topic, and without `marketplace` and
+/// `attributes` (an older producer's schema) to another, each schema registered under its
+/// topic's value subject.
+struct TwoWriters {
+    topic: String,
+    ours: Vec<u8>,
+    older_topic: String,
+    older: Vec<u8>,
+    /// What the event reads as with our schema.
+    expected: OrderEvent,
+}
+
+fn two_writers(runtime: &Runtime, test: &str) -> TwoWriters {
     let (value, expected) = full_event("order-1");
-    let topic = common::unique_topic("formats_latest");
+    let topic = common::unique_topic(test);
     let ours = encode_with(
-        &runtime,
+        runtime,
         &topic,
         ORDER_EVENT_SCHEMA,
         Value::Record(value.clone()),
@@ -320,13 +327,35 @@ fn the_decoder_learns_each_inputs_latest_writer_schema_ahead() {
     let older_schema = schema_without(ORDER_EVENT_SCHEMA, &["marketplace", "attributes"]);
     let mut older_value = value;
     older_value.retain(|(name, _)| name != "marketplace" && name != "attributes");
-    let older_topic = common::unique_topic("formats_latest_older");
+    let older_topic = common::unique_topic(&format!("{test}_older"));
     let older = encode_with(
-        &runtime,
+        runtime,
         &older_topic,
         &older_schema,
         Value::Record(older_value),
     );
+    TwoWriters {
+        topic,
+        ours,
+        older_topic,
+        older,
+        expected,
+    }
+}
+
+/// Before the first record the processor has the decoder learn the writer schema each input
+/// topic's values were last registered with: records of it are then read with no registry
+/// lookup in their way. A topic without such a subject teaches nothing, and is no error.
+#[test]
+fn the_decoder_learns_each_inputs_latest_writer_schema_ahead() {
+    let (runtime, registry) = setup();
+    let TwoWriters {
+        topic,
+        ours,
+        older_topic,
+        older,
+        expected,
+    } = two_writers(&runtime, "formats_latest");
     let unregistered = common::unique_topic("formats_latest_none");
     let id = |payload: &Vec<u8>| schema_id(&Some(payload.clone()));
 
@@ -350,24 +379,12 @@ fn the_decoder_learns_each_inputs_latest_writer_schema_ahead() {
 #[test]
 fn one_decoder_reads_our_schema_and_another_writers_interleaved() {
     let (runtime, registry) = setup();
-    let topic = common::unique_topic("formats_interleaved");
-    let (value, expected) = full_event("order-1");
-    let ours = encode_with(
-        &runtime,
-        &topic,
-        ORDER_EVENT_SCHEMA,
-        Value::Record(value.clone()),
-    );
-    let older_schema = schema_without(ORDER_EVENT_SCHEMA, &["marketplace", "attributes"]);
-    let mut older_value = value;
-    older_value.retain(|(name, _)| name != "marketplace" && name != "attributes");
-    let older_topic = common::unique_topic("formats_interleaved_older");
-    let older = encode_with(
-        &runtime,
-        &older_topic,
-        &older_schema,
-        Value::Record(older_value),
-    );
+    let TwoWriters {
+        ours,
+        older,
+        expected,
+        ..
+    } = two_writers(&runtime, "formats_interleaved");
     let older_expected = OrderEvent {
         marketplace: "US".into(),
         attributes: Default::default(),

@@ -67,6 +67,29 @@ fn follow_both<'c>(consumer: &'c BaseConsumer, topic: &str) -> FetchQueue<'c> {
     fetch
 }
 
+/// Checks that `batch` holds, per partition, the records `produce` wrote from `next`'s
+/// offset on, in order, and moves `next` past them.
+fn check_in_order(batch: &Batch<'_>, topic: &str, next: &mut BTreeMap<i32, i64>) {
+    for index in 0..batch.len() {
+        let record = batch.get(index).unwrap().expect("a record, not an error");
+        let expected = next.entry(record.partition()).or_insert(0);
+        assert_eq!(
+            record.offset(),
+            *expected,
+            "partition {}",
+            record.partition()
+        );
+        assert_eq!(
+            record.payload(),
+            Some(format!("{}:{}", record.partition(), expected).as_bytes())
+        );
+        assert_eq!(record.key(), Some(&b"k"[..]));
+        assert_eq!(record.topic(), topic);
+        assert!(record.timestamp_ms().is_some_and(|ms| ms > 0));
+        *expected += 1;
+    }
+}
+
 fn consumer() -> BaseConsumer {
     common::client_config()
         .set("group.id", common::unique_group("kafka_fetch"))
@@ -97,24 +120,7 @@ async fn batches_hold_every_record_once_in_order_and_wait_only_for_a_first_one()
         consumer.poll(Duration::ZERO); // events, as the processor does between batches
         fetch.consume(Duration::from_millis(100), 250, &mut batch);
         largest = largest.max(batch.len());
-        for index in 0..batch.len() {
-            let record = batch.get(index).unwrap().expect("a record, not an error");
-            let expected = next.entry(record.partition()).or_insert(0);
-            assert_eq!(
-                record.offset(),
-                *expected,
-                "partition {}",
-                record.partition()
-            );
-            assert_eq!(
-                record.payload(),
-                Some(format!("{}:{}", record.partition(), expected).as_bytes())
-            );
-            assert_eq!(record.key(), Some(&b"k"[..]));
-            assert_eq!(record.topic(), topic);
-            assert!(record.timestamp_ms().is_some_and(|ms| ms > 0));
-            *expected += 1;
-        }
+        check_in_order(&batch, &topic, &mut next);
     }
     assert_eq!(
         next,
@@ -232,17 +238,7 @@ async fn a_held_partition_keeps_its_records_until_followed_then_hands_them_over_
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for index in 0..batch.len() {
-            let record = batch.get(index).unwrap().expect("a record, not an error");
-            let expected = next.entry(record.partition()).or_insert(0);
-            assert_eq!(
-                record.offset(),
-                *expected,
-                "partition {}",
-                record.partition()
-            );
-            *expected += 1;
-        }
+        check_in_order(&batch, &topic, &mut next);
         if next.values().sum::<i64>() == 2 * RECORDS_PER_PARTITION {
             break;
         }
