@@ -79,7 +79,12 @@ impl MsHistogram {
     /// Counts one latency of `ms` milliseconds into `local`.
     #[inline]
     pub(super) fn count(&self, local: &mut Counts, ms: u64) {
-        let bucket = self.inner.bounds_ms.partition_point(|&bound| bound < ms);
+        let bounds = &self.inner.bounds_ms;
+        // Past the last bound (`+Inf`): event times of a replay or a backlog, at once.
+        let bucket = match bounds.last() {
+            Some(&last) if ms > last => bounds.len(),
+            _ => bounds.partition_point(|&bound| bound < ms),
+        };
         local.buckets[bucket] += 1;
         local.count += 1;
         local.sum_ms = local.sum_ms.saturating_add(ms);
