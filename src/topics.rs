@@ -10,6 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 
 use crate::config::{Config, Format};
 use crate::engine::Rules;
@@ -113,12 +114,16 @@ pub fn plan(config: &Config, input_partitions: Option<i32>) -> Vec<TopicSpec> {
 pub fn existing_partitions(config: &Config) -> Result<HashMap<String, i32>, TopicsError> {
     let consumer: BaseConsumer = client_config(config, kafka::Role::Admin).create()?;
     let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
-    Ok(metadata
+    Ok(partition_counts(&metadata).collect())
+}
+
+/// Each topic of `metadata` that exists, with its number of partitions.
+fn partition_counts(metadata: &Metadata) -> impl Iterator<Item = (String, i32)> + '_ {
+    metadata
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
         .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-        .collect())
 }
 
 /// The number of partitions of each of `names` that exists, asked of `client` one topic at
@@ -132,13 +137,7 @@ pub fn partitions_of<C: ConsumerContext>(
     let mut found = HashMap::new();
     for name in names {
         let metadata = client.fetch_metadata(Some(name), TIMEOUT)?;
-        found.extend(
-            metadata
-                .topics()
-                .iter()
-                .filter(|t| t.error().is_none() && t.name() == name)
-                .map(|t| (t.name().to_string(), t.partitions().len() as i32)),
-        );
+        found.extend(partition_counts(&metadata).filter(|(topic, _)| topic == name));
     }
     Ok(found)
 }

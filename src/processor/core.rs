@@ -368,10 +368,7 @@ impl Core {
                 Some(Err(error)) => Err(ProcessorError::Internal(format!(
                     "starting the thread that sends the offsets: {error}"
                 ))),
-                Some(Ok(thread)) => match thread.join() {
-                    Ok(result) => result.map_err(ProcessorError::from),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
+                Some(Ok(thread)) => super::joined(thread).map_err(ProcessorError::from),
             };
             (prepared, sent)
         });

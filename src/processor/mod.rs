@@ -388,10 +388,7 @@ fn encoders(
         let views =
             scope.spawn(|| RecordEncoder::for_views(t.output_format, &t.status, registry, runtime));
         let changes = RecordEncoder::for_changes(t.output_format, &t.changes, registry, runtime);
-        let views = views
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        Ok((changes?, views?))
+        Ok((changes?, joined(views)?))
     })
 }
 
@@ -545,7 +542,7 @@ fn handle<R: InputRecord>(
 }
 
 /// A scoped thread's result; its panic goes on in the caller.
-fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(crate) fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
     thread
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -563,13 +560,7 @@ fn serve_group_until(
         match consumer.poll(Duration::from_millis(2)) {
             None => {}
             Some(Err(error)) => warn!(%error, "consumer error"),
-            Some(Ok(record)) => {
-                return Err(ProcessorError::Internal(format!(
-                    "record from {}[{}] before its state was restored",
-                    record.topic(),
-                    record.partition()
-                )))
-            }
+            Some(Ok(record)) => return Err(shard::unrestored(record.topic(), record.partition())),
         }
     }
     Ok(())

@@ -428,11 +428,9 @@ impl Shard {
                 );
                 return Ok(());
             }
-            // Paused until restored, so this cannot happen; if it did, skipping would lose
-            // the record, so stop instead.
-            return Err(ProcessorError::Internal(format!(
-                "record from {topic}[{partition}] before its state was restored"
-            )));
+            // Held until restored, so this cannot happen; if it did, skipping would lose the
+            // record, so stop instead.
+            return Err(unrestored(topic, partition));
         }
         match shared.decoder.decode(message.key(), message.payload()) {
             Err(error) if error.is_retriable() => {
@@ -745,6 +743,14 @@ impl Shard {
         self.times.clear();
         std::mem::take(&mut self.consumed)
     }
+}
+
+/// A record of a partition whose state is not restored yet: it cannot come (the partition's
+/// records are held until then), and skipping it would lose it, so the member stops.
+pub(super) fn unrestored(topic: &str, partition: i32) -> ProcessorError {
+    ProcessorError::Internal(format!(
+        "record from {topic}[{partition}] before its state was restored"
+    ))
 }
 
 /// Looks at the next [`SWEEP_PER_TXN`] orders of the task's store (from where the last sweep
