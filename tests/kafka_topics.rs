@@ -1,8 +1,10 @@
 //! `milestones topics apply` against the real broker: it creates the topology, leaves what
-//! exists alone, and refuses inputs that are not co-partitioned.
+//! exists alone, and refuses inputs that are not co-partitioned; the start's own check
+//! reads the same partition counts.
 
 mod common;
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use order_milestones::config::Config;
 use order_milestones::topics::{self, Applied, TopicRole};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::BaseConsumer;
 
 fn config_for(test: &str, inputs: &[String]) -> Config {
     let mut config = Config::default();
@@ -91,6 +94,40 @@ async fn inputs_that_are_not_co_partitioned_are_refused() {
     let config = config_for("copart", &[a.clone(), b.clone()]);
     let error = topics::apply(&config)
         .await
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains(&format!("{a} has 3, {b} has 2")), "{error}");
+}
+
+/// The start checks its topics on the group member's own consumer, asking for each by name:
+/// the counts it finds are the ones the whole cluster's metadata gives, a topic missing
+/// from the cluster is missing from them, and inputs that are not co-partitioned are
+/// refused through them as through `topics apply`.
+#[tokio::test]
+async fn the_starts_check_reads_the_same_counts_by_name() {
+    common::require_kafka();
+    let a = common::unique_topic("bynames_a");
+    let b = common::unique_topic("bynames_b");
+    common::create_topic(&a, 3).await;
+    common::create_topic(&b, 2).await;
+    let config = config_for("bynames", &[a.clone(), b.clone()]);
+    let consumer: BaseConsumer = common::client_config()
+        .set("group.id", common::unique_group("bynames"))
+        .create()
+        .expect("a consumer");
+    let names = topics::checked(&config);
+    assert!(names.contains(&config.changelog_topic()), "{names:?}");
+    let by_name = topics::partitions_of(&consumer, &names).expect("metadata by name");
+    assert_eq!(
+        by_name,
+        HashMap::from([(a.clone(), 3), (b.clone(), 2)]),
+        "the changelog was never created, so it is not there"
+    );
+    let everything = topics::existing_partitions(&config).expect("all metadata");
+    for (topic, count) in &by_name {
+        assert_eq!(everything.get(topic), Some(count), "{topic}");
+    }
+    let error = topics::check(&config, &by_name)
         .expect_err("refused")
         .to_string();
     assert!(error.contains(&format!("{a} has 3, {b} has 2")), "{error}");
