@@ -432,6 +432,13 @@ impl Config {
         if t.inputs.is_empty() {
             return invalid("topics.inputs is empty: name at least one input topic".into());
         }
+        if self.state.restore_prefetch_partitions == 0 {
+            return invalid(
+                "state.restore_prefetch_partitions is 0: give at least 1 (the partition being \
+                 restored is always fetched)"
+                    .into(),
+            );
+        }
         let mut names: Vec<(&str, String)> = t
             .inputs
             .iter()
@@ -637,6 +644,10 @@ mod tests {
                     "processing.commit_interval_ms (0)",
                 ),
                 ("[processing]\nthreads = 0", "processing.threads is 0"),
+                (
+                    "[state]\nrestore_prefetch_partitions = 0",
+                    "state.restore_prefetch_partitions is 0",
+                ),
                 (
                     "[processing]\nthreads = 2\nworkers = 600",
                     "processing.threads (2) times processing.workers (600) is over 1024",

@@ -21,6 +21,7 @@
 //! | [`event_committed`](Metrics::event_committed) | `milestones_occurred_to_commit_seconds`, `milestones_record_to_commit_seconds` |
 //! | [`restore_progress`](Metrics::restore_progress) | `milestones_restore_records_applied{partition}`, `milestones_restore_records_remaining{partition}` |
 //! | [`restore_finished`](Metrics::restore_finished) | `milestones_restores_total{outcome}` (and an `info` or `warn` log) |
+//! | [`restore_waits`](Metrics::restore_waits) | `milestones_restore_waits_total` |
 //! | [`state_size`](Metrics::state_size) | `milestones_state_bytes{partition}`, `milestones_state_orders{partition}` |
 //! | [`consumer_lag`](Metrics::consumer_lag) | `milestones_consumer_lag{topic, partition}` |
 //! | [`partition_revoked`](Metrics::partition_revoked) | removes the partition's series of the gauges above |
@@ -73,6 +74,7 @@ pub const RECORD_TO_COMMIT_SECONDS: &str = "milestones_record_to_commit_seconds"
 pub const RESTORE_RECORDS_APPLIED: &str = "milestones_restore_records_applied";
 pub const RESTORE_RECORDS_REMAINING: &str = "milestones_restore_records_remaining";
 pub const RESTORES: &str = "milestones_restores_total";
+pub const RESTORE_WAITS: &str = "milestones_restore_waits_total";
 pub const STATE_BYTES: &str = "milestones_state_bytes";
 pub const STATE_ORDERS: &str = "milestones_state_orders";
 pub const CONSUMER_LAG: &str = "milestones_consumer_lag";
@@ -172,6 +174,7 @@ pub struct Metrics {
     restore_records_applied: IntGaugeVec,
     restore_records_remaining: IntGaugeVec,
     restores: IntCounterVec,
+    restore_waits: IntCounter,
     state_bytes: IntGaugeVec,
     state_orders: IntGaugeVec,
     consumer_lag: IntGaugeVec,
@@ -377,6 +380,14 @@ impl Metrics {
                     &[LABEL_OUTCOME],
                 )?,
             )?,
+            restore_waits: register(
+                r,
+                IntCounter::new(
+                    RESTORE_WAITS,
+                    "Newly assigned partitions paused, not prefetched, while the restores of \
+                     the ones ahead of them ran (state.restore_prefetch_partitions).",
+                )?,
+            )?,
             state_bytes: register(
                 r,
                 IntGaugeVec::new(
@@ -575,6 +586,11 @@ impl Metrics {
     /// `count` finished orders left state (retention).
     pub fn orders_expired(&self, count: usize) {
         self.orders_expired.inc_by(count as u64);
+    }
+
+    /// `count` newly assigned partitions wait paused for the restores ahead of them.
+    pub fn restore_waits(&self, count: usize) {
+        self.restore_waits.inc_by(count as u64);
     }
 
     /// A transaction committed at `committed_at_ms` (epoch milliseconds); `commit_time` is
@@ -962,6 +978,7 @@ mod tests {
         let missing = DecodeError::MissingValue;
         m.dead_letter("order-events", 3, 42, missing.class(), &missing);
         m.orders_expired(2);
+        m.restore_waits(3);
         m.transaction_committed(Duration::from_millis(7), 1_796_550_000_123);
         m.commit_phases(&CommitPhases {
             prepare: Duration::from_millis(30),
@@ -988,6 +1005,7 @@ mod tests {
             r#"milestones_reached_total{inferred="false",milestone="ready"} 1"#,
             r#"milestones_dead_letters_total{class="missing_value"} 1"#,
             "milestones_orders_expired_total 2",
+            "milestones_restore_waits_total 3",
             r#"milestones_transactions_total{outcome="committed"} 1"#,
             r#"milestones_transactions_total{outcome="aborted"} 1"#,
             r#"milestones_transaction_commit_seconds_bucket{le="0.005"} 0"#,

@@ -268,11 +268,19 @@ fn state_restored_from_the_changelog_when_the_state_directory_is_gone() {
     produce(&config, &second);
     let all: Vec<OrderEvent> = first.iter().chain(&second).cloned().collect();
     let (expected_records, expected_views) = simulated(&all);
+    // One partition's input fetched at a time: the others wait paused for their restore.
+    let mut config = config;
+    config.state.restore_prefetch_partitions = 1;
     let processor = start(&config, &runtime);
     let applied = applied_by_restores(&processor, config.topics.partitions);
     assert!(
         applied >= 1500.0,
         "without the state directory every order is restored from the changelog: {applied}"
+    );
+    let waited = processor.metric("milestones_restore_waits_total");
+    assert!(
+        waited >= 1.0,
+        "the partitions behind the first restore waited paused: {waited}"
     );
     wait_for_views(&config, &expected_views);
     processor.stop();
@@ -459,6 +467,8 @@ fn a_second_instance_joining_and_leaving_mid_stream() {
     let mut first = test_config("two", &dir.path().join("state-a"));
     first.topics.partitions = 6;
     quick_group(&mut first);
+    // Partitions paused and resumed around their restores in every rebalance.
+    first.state.restore_prefetch_partitions = 1;
     let mut second = first.clone();
     second.application.instance_id = "i1".into();
     second.state.dir = dir.path().join("state-b");
@@ -495,8 +505,10 @@ fn a_second_instance_joining_and_leaving_mid_stream() {
     assert!(b_events > 0.0, "the second instance got no partition");
     let (expected_records, expected_views) = simulated(&events);
     wait_for_views(&first, &expected_views);
+    let a_waited = a.metric("milestones_restore_waits_total");
     a.stop();
     changes_equal_simulate(&first, expected_records);
+    assert!(a_waited >= 1.0, "no partition waited paused: {a_waited}");
 }
 
 /// An event of order `order`, `minutes` after an hour-aligned start.

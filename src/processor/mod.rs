@@ -30,6 +30,7 @@ mod core;
 mod rebalance;
 mod shard;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -276,6 +277,8 @@ fn member(
         .create_with_context(RebalanceContext {
             core: OnceLock::new(),
             pending: Mutex::new(Vec::new()),
+            paused: Mutex::new(HashSet::new()),
+            prefetch: usize::from(config.state.restore_prefetch_partitions.max(1)),
             health: telemetry.health.clone(),
             metrics: telemetry.metrics.clone(),
             follower: follower.clone(),
@@ -599,8 +602,9 @@ fn retry_restore<T>(
     }
 }
 
-/// Restores the stores of newly assigned partitions, then has their records (those held
-/// meanwhile too) sent to their shard's fetch queue, and assigns the follower the same
+/// Restores the stores of newly assigned partitions, one after the other, resuming those
+/// paused at their assignment as their restore comes within `state.restore_prefetch_partitions`,
+/// then has their records (those held meanwhile too) sent to their shard's fetch queue, and assigns the follower the same
 /// partitions of the other input topics from the group's committed offsets, their records
 /// sent to the shard's follower lane from the start.
 fn restore_pending(
@@ -650,7 +654,15 @@ fn restore_pending(
     let mut watermarks = restorer.watermarks(&changelog, &partitions, wait);
     // The followed topics' partitions of the restored ones, from where they start.
     let mut follow = TopicPartitionList::new();
-    for ((topic, partition), store) in pending.into_iter().zip(stores) {
+    let prefetch = inputs.group.context().prefetch;
+    for (index, ((topic, partition), store)) in pending.iter().zip(stores).enumerate() {
+        // The partitions whose restore is now within reach are fetched from here on.
+        let near = &pending[index..pending.len().min(index + prefetch)];
+        let due = inputs.group.context().take_paused(|p| near.contains(p));
+        if due.count() > 0 {
+            inputs.group.resume(&due)?;
+        }
+        let (topic, partition) = (topic.as_str(), *partition);
         let (mut store, opened) = store?;
         let mut known = watermarks.remove(&partition);
         let outcome = retry_restore(RESTORE_RETRY_FOR, RESTORE_RETRY_FIRST_WAIT, || {
@@ -685,7 +697,7 @@ fn restore_pending(
             })
         };
         // With the records fetched while it was restored.
-        lane(Some(lanes.group(shard)))?.follow(&topic, partition)?;
+        lane(Some(lanes.group(shard)))?.follow(topic, partition)?;
         for other in followed_topics {
             let start = match committed
                 .find_partition(other, partition)

@@ -10,7 +10,12 @@
 //!   its partition is restored and its queue followed. (Paused partitions instead waited
 //!   about a second after a restore that outlasted librdkafka's lookup of their start: a
 //!   resumed partition is fetched once the broker thread wakes up by itself. Measured at
-//!   start, BENCHMARKS.md, session 25.)
+//!   start, BENCHMARKS.md, session 25.) Only the first `state.restore_prefetch_partitions`
+//!   partitions waiting for a restore are fetched; the others are paused when assigned
+//!   (before their fetch starts) and resumed as their restore comes near, so that a member
+//!   given many partitions holds the prefetched records of a few. A paused partition that
+//!   is revoked first is resumed then: librdkafka keeps an application's pause across
+//!   assignments.
 //! - The consumer joins the group before the core exists (while the producer initialises
 //!   its transactions and the schemas are registered), and is polled meanwhile; an
 //!   assignment is noted here, not in the core ([`RebalanceContext::core`]), so it never
@@ -19,13 +24,14 @@
 //!   the follower consumer gets the same-numbered partitions of the others once restored
 //!   (see `restore_pending`), and gives them up here, with the revoked ones.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::core::{lock, Core, Inputs};
 use crate::api::Health;
@@ -39,6 +45,9 @@ pub(crate) struct RebalanceContext {
     pub core: OnceLock<Arc<Mutex<Core>>>,
     /// Partitions assigned, their records held, until the loop restores their stores.
     pub pending: Mutex<Vec<(String, i32)>>,
+    /// Those of them paused, beyond the first `prefetch` (`state.restore_prefetch_partitions`).
+    pub paused: Mutex<HashSet<(String, i32)>>,
+    pub prefetch: usize,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The follower consumer, with more than one input topic.
@@ -90,6 +99,12 @@ impl ConsumerContext for RebalanceContext {
         };
         let revoked = partitions(tpl);
         lock(&self.pending).retain(|p| !revoked.contains(p));
+        let unpause = self.take_paused(|p| revoked.contains(p));
+        if unpause.count() > 0 {
+            if let Err(error) = consumer.resume(&unpause) {
+                warn!(%error, "resuming revoked partitions that waited for their restore");
+            }
+        }
         match self.core.get() {
             Some(core) => self.finish(consumer, core, &revoked),
             // No core yet: no task, no transaction, nothing more to give up.
@@ -104,7 +119,7 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
@@ -119,11 +134,47 @@ impl ConsumerContext for RebalanceContext {
         for (_, partition) in &assigned {
             self.health.partition_assigned(*partition);
         }
-        lock(&self.pending).extend(assigned);
+        let mut pending = lock(&self.pending);
+        // Beyond the first `prefetch` waiting for a restore: paused now, before they are
+        // fetched (which waits for the lookup of where they start).
+        let mut wait = TopicPartitionList::new();
+        for (topic, partition) in assigned
+            .iter()
+            .skip(self.prefetch.saturating_sub(pending.len()))
+        {
+            wait.add_partition(topic, *partition);
+        }
+        pending.extend(assigned);
+        drop(pending);
+        if wait.count() == 0 {
+            return;
+        }
+        match consumer.pause(&wait) {
+            Ok(()) => {
+                lock(&self.paused).extend(partitions(&wait));
+                self.metrics.restore_waits(wait.count());
+            }
+            // They are fetched meanwhile, as the others are.
+            Err(error) => warn!(%error, "pausing partitions that wait for their restore"),
+        }
     }
 }
 
 impl RebalanceContext {
+    /// The paused partitions `which` selects, no longer counted as paused: to resume.
+    pub fn take_paused(&self, which: impl Fn(&(String, i32)) -> bool) -> TopicPartitionList {
+        let mut paused = lock(&self.paused);
+        let mut list = TopicPartitionList::new();
+        paused.retain(|p| {
+            let take = which(p);
+            if take {
+                list.add_partition(&p.0, p.1);
+            }
+            !take
+        });
+        list
+    }
+
     /// Commits the open transaction and closes the stores of the `revoked` partitions.
     fn finish(&self, consumer: &BaseConsumer<Self>, core: &Mutex<Core>, revoked: &[(String, i32)]) {
         let mut core = lock(core);

@@ -202,6 +202,14 @@ pub struct StateConfig {
     /// for this long, in milliseconds. Default 30000.
     #[serde(default = "default_restore_stall_timeout_ms")]
     pub restore_stall_timeout_ms: u64,
+    /// How many of a member's newly assigned partitions have their input fetched while
+    /// they wait for their restore (held in each partition's own queue, up to librdkafka's
+    /// `queued.min.messages` or `queued.max.messages.kbytes` each). The member restores its
+    /// new partitions one after the other; the rest wait paused until their restore is
+    /// this near, so that a member given many partitions prefetches for a few at a time.
+    /// At least 1. Default 4.
+    #[serde(default = "default_restore_prefetch_partitions")]
+    pub restore_prefetch_partitions: u16,
     /// A finished order (its status is a `final` milestone: delivered, cancelled) leaves
     /// state, with a tombstone in the changelog, once its partition's stream time (latest
     /// `occurred_at` processed) is this far past the order's last event. Default 7 days.
@@ -227,6 +235,9 @@ fn default_restore_batch_records() -> usize {
 fn default_restore_stall_timeout_ms() -> u64 {
     30_000
 }
+fn default_restore_prefetch_partitions() -> u16 {
+    4
+}
 fn default_finished_retention_ms() -> u64 {
     7 * 24 * 3600 * 1000
 }
@@ -240,6 +251,7 @@ impl Default for StateConfig {
             write_buffer_total_bytes: default_write_buffer_total_bytes(),
             restore_batch_records: default_restore_batch_records(),
             restore_stall_timeout_ms: default_restore_stall_timeout_ms(),
+            restore_prefetch_partitions: default_restore_prefetch_partitions(),
             finished_retention_ms: default_finished_retention_ms(),
         }
     }
