@@ -602,11 +602,12 @@ fn retry_restore<T>(
     }
 }
 
-/// Restores the stores of newly assigned partitions, one after the other, resuming those
-/// paused at their assignment as their restore comes within `state.restore_prefetch_partitions`,
-/// then has their records (those held meanwhile too) sent to their shard's fetch queue, and assigns the follower the same
-/// partitions of the other input topics from the group's committed offsets, their records
-/// sent to the shard's follower lane from the start.
+/// Restores the stores of newly assigned partitions, one after the other (resuming those
+/// paused at their assignment as their restore comes within
+/// `state.restore_prefetch_partitions`), then has their records (those held meanwhile too)
+/// sent to their shard's fetch queue, and assigns the follower the same partitions of the
+/// other input topics from the group's committed offsets, their records sent to the
+/// shard's follower lane from the start.
 fn restore_pending(
     inputs: &Inputs<'_, RebalanceContext>,
     core: &Mutex<Core>,
