@@ -14,7 +14,7 @@
 //! | [`order_loaded`](Metrics::order_loaded) | `milestones_orders_from_memory_total`, `milestones_orders_from_store_total` |
 //! | [`milestone_reached`](Metrics::milestone_reached) | `milestones_reached_total{milestone, inferred}`, `milestones_placeholders_inferred_total` |
 //! | [`placeholder_confirmed`](Metrics::placeholder_confirmed) | `milestones_placeholders_confirmed_total` |
-//! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log) |
+//! | [`dead_letter`](Metrics::dead_letter) | `milestones_dead_letters_total{class}` (and a `warn` log, at most [`DEAD_LETTER_LOGS_PER_WINDOW`] per class and [`DEAD_LETTER_LOG_WINDOW`]) |
 //! | [`transaction_committed`](Metrics::transaction_committed) | `milestones_transaction_commit_seconds`, `milestones_transactions_total{outcome="committed"}`, `milestones_last_commit_timestamp_seconds` |
 //! | [`commit_phases`](Metrics::commit_phases) | `milestones_commit_phase_seconds{phase}` |
 //! | [`transaction_aborted`](Metrics::transaction_aborted) | `milestones_transactions_total{outcome="aborted"}` (and a `warn` log) |
@@ -50,8 +50,10 @@ use rustc_hash::FxHashMap;
 use crate::state::{RestoreError, RestoreOutcome, RestoreProgress};
 
 mod latency;
+mod log_limit;
 
 use latency::MsHistogram;
+use log_limit::{LogLimit, Verdict};
 
 // Metric names. Counters end in `_total`, durations in `_seconds` (Prometheus conventions).
 pub const EVENTS_IN: &str = "milestones_events_in_total";
@@ -64,6 +66,12 @@ pub const PLACEHOLDERS_INFERRED: &str = "milestones_placeholders_inferred_total"
 pub const PLACEHOLDERS_CONFIRMED: &str = "milestones_placeholders_confirmed_total";
 pub const MILESTONES_REACHED: &str = "milestones_reached_total";
 pub const DEAD_LETTERS: &str = "milestones_dead_letters_total";
+
+/// Dead letters are logged one by one up to this many per error class and
+/// [`DEAD_LETTER_LOG_WINDOW`]; past it, one line says so, and the next logged one gives the
+/// count of those not logged.
+pub const DEAD_LETTER_LOGS_PER_WINDOW: u32 = 10;
+pub const DEAD_LETTER_LOG_WINDOW: Duration = Duration::from_secs(10);
 pub const ORDERS_EXPIRED: &str = "milestones_orders_expired_total";
 pub const TRANSACTION_COMMIT_SECONDS: &str = "milestones_transaction_commit_seconds";
 pub const COMMIT_PHASE_SECONDS: &str = "milestones_commit_phase_seconds";
@@ -163,6 +171,7 @@ pub struct Metrics {
     placeholders_confirmed: IntCounter,
     milestones_reached: IntCounterVec,
     dead_letters: IntCounterVec,
+    dead_letter_logs: LogLimit,
     orders_expired: IntCounter,
     transaction_commit_seconds: Histogram,
     /// Per phase, in [`CommitPhases`]' order.
@@ -280,6 +289,7 @@ impl Metrics {
                     &[LABEL_CLASS],
                 )?,
             )?,
+            dead_letter_logs: LogLimit::new(DEAD_LETTER_LOG_WINDOW, DEAD_LETTER_LOGS_PER_WINDOW),
             orders_expired: register(
                 r,
                 IntCounter::new(
@@ -580,7 +590,30 @@ impl Metrics {
         error: &dyn Display,
     ) {
         self.dead_letters.with_label_values(&[class]).inc();
-        tracing::warn!(%error, class, topic, partition, offset, "record dead-lettered");
+        match self
+            .dead_letter_logs
+            .admit(class, std::time::Instant::now())
+        {
+            Verdict::Log { suppressed } => {
+                if suppressed > 0 {
+                    tracing::warn!(
+                        class,
+                        suppressed,
+                        "records of this class dead-lettered without a log line before this one"
+                    );
+                }
+                tracing::warn!(%error, class, topic, partition, offset, "record dead-lettered");
+            }
+            Verdict::StartSuppressing => tracing::warn!(
+                class,
+                per_window = DEAD_LETTER_LOGS_PER_WINDOW,
+                window_s = self.dead_letter_logs.window().as_secs(),
+                "more records of this class are dead-lettered than are logged one by one; \
+                 every one is counted in milestones_dead_letters_total and kept in the \
+                 dead-letter topic with the reason in its headers"
+            ),
+            Verdict::Suppress => {}
+        }
     }
 
     /// `count` finished orders left state (retention).
