@@ -33,6 +33,16 @@ struct Window {
     suppressed: u64,
 }
 
+impl Window {
+    fn starting(start: Instant) -> Window {
+        Window {
+            start,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+}
+
 impl LogLimit {
     pub fn new(window: Duration, per_window: u32) -> LogLimit {
         LogLimit {
@@ -50,22 +60,13 @@ impl LogLimit {
     /// Whether a record of `class` seen `now` is logged.
     pub fn admit(&self, class: &str, now: Instant) -> Verdict {
         let mut classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
-        let window = match classes.get_mut(class) {
-            Some(window) => window,
-            None => classes.entry(class.to_string()).or_insert(Window {
-                start: now,
-                logged: 0,
-                suppressed: 0,
-            }),
-        };
+        let window = classes
+            .entry(class.to_string())
+            .or_insert_with(|| Window::starting(now));
         let mut suppressed = 0;
         if now.saturating_duration_since(window.start) >= self.window {
             suppressed = window.suppressed;
-            *window = Window {
-                start: now,
-                logged: 0,
-                suppressed: 0,
-            };
+            *window = Window::starting(now);
         }
         if window.logged < self.per_window {
             window.logged += 1;
