@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use changelog::{
     restore, restore_with, RestoreError, RestoreOutcome, RestoreProgress, Restorer,
 };
-pub use dir::{Opened, StateDir};
+pub use dir::{Opened, OpenedStore, StateDir};
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore, StoreReader};
 
