@@ -316,13 +316,16 @@ fn member(
         // librdkafka's lookup of where each partition starts (100 ms at least for a new
         // group) and its first fetch, begins as the join completes instead of once both of
         // the above are done. The records wait in their partitions' queues until restored;
-        // their stores are opened as soon as they are assigned.
+        // their stores are opened as soon as they are assigned. Not with several members in
+        // the process: a partition revoked from one before its restore may go to another at
+        // once, whose store would still be open (locked) in the first.
+        let open_ahead = config.processing.threads <= 1;
         let mut opening = None;
         let served = serve_group_until(
             &consumer,
             || fencing.is_finished() && preparing.is_finished(),
             || {
-                if opening.is_some() {
+                if !open_ahead || opening.is_some() {
                     return;
                 }
                 let assigned: Vec<i32> = lock(&consumer.context().pending)
