@@ -26,10 +26,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tracing::{error, info, warn};
 
@@ -76,6 +79,45 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl ConsumerContext for RebalanceContext {
+    /// rdkafka's own sequence (`pre_rebalance`, the (incremental) assign or unassign,
+    /// `post_rebalance`), with each newly assigned partition given where it starts first
+    /// ([`start_offsets`]).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assign {
+            start_offsets(consumer, tpl);
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            _ => {
+                let error = KafkaError::Rebalance(err.into());
+                error!(%error, "rebalance failed");
+                Rebalance::Error(error)
+            }
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(error) = done {
+            error!(%error, assign, "applying the group's assignment failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let tpl = match rebalance {
             Rebalance::Revoke(tpl) => tpl,
@@ -194,6 +236,82 @@ impl RebalanceContext {
         }
         for (_, partition) in revoked {
             core.close_task(*partition);
+        }
+    }
+}
+
+/// How long the start of newly assigned partitions is looked up for, in the rebalance
+/// callback, before librdkafka is left to look it up itself.
+const START_LOOKUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Gives each newly assigned partition of `tpl` an absolute offset to start from: its
+/// committed offset (read as `read_committed` reads it, waiting for a previous owner's
+/// open transaction: KIP-447), else the partition's log start (`auto.offset.reset` is
+/// `earliest`). Left to librdkafka, each partition's start is looked up asynchronously
+/// after the assignment, and pausing or resuming a partition (see `post_rebalance`,
+/// `restore_pending`) while that lookup is in flight makes librdkafka discard its answer
+/// and ask again 500 ms later, from the logical start: a partition resumed and consumed
+/// meanwhile was then fetched again from its first record, every event processed twice
+/// (counted as duplicates; seen in the two-instance API test). A partition whose start
+/// cannot be read here is left to librdkafka, as before.
+fn start_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &mut TopicPartitionList) {
+    let unknown: Vec<(String, i32)> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.offset() == Offset::Invalid)
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let mut ask = TopicPartitionList::new();
+    for (topic, partition) in &unknown {
+        ask.add_partition(topic, *partition);
+    }
+    let committed = match consumer.committed_offsets(ask, START_LOOKUP_WAIT) {
+        Ok(committed) => committed,
+        Err(error) => {
+            return warn!(%error, "reading new partitions' committed offsets failed; librdkafka looks them up")
+        }
+    };
+    let known = |list: &TopicPartitionList, topic: &str, partition: i32| {
+        list.find_partition(topic, partition)
+            .filter(|e| e.error().is_ok())
+            .and_then(|e| match e.offset() {
+                Offset::Offset(at) => Some(at),
+                _ => None,
+            })
+    };
+    // One request for the log start of all those without a committed offset
+    // (a ListOffsets timestamp of -2).
+    let starts = match unknown
+        .iter()
+        .any(|(topic, partition)| known(&committed, topic, *partition).is_none())
+    {
+        true => {
+            let mut ask = TopicPartitionList::new();
+            for (topic, partition) in &unknown {
+                // Cannot fail: the log start is an offset a list may hold.
+                let _ = ask.add_partition_offset(topic, *partition, Offset::Beginning);
+            }
+            consumer.offsets_for_times(ask, START_LOOKUP_WAIT).ok()
+        }
+        false => None,
+    };
+    for (topic, partition) in &unknown {
+        let start = known(&committed, topic, *partition)
+            .or_else(|| starts.as_ref().and_then(|s| known(s, topic, *partition)));
+        match start {
+            Some(at) => {
+                if let Err(error) = tpl.set_partition_offset(topic, *partition, Offset::Offset(at))
+                {
+                    warn!(%error, topic, partition, "setting a new partition's start failed");
+                }
+            }
+            None => warn!(
+                topic,
+                partition, "a new partition's start could not be read; librdkafka looks it up"
+            ),
         }
     }
 }
