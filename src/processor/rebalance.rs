@@ -4,6 +4,9 @@
 //! - A revoke blocks until drained: the open transaction commits (its offsets included)
 //!   and the revoked partitions' stores close before the partitions are given up, so the
 //!   next owner starts exactly where this instance stopped.
+//! - An assign first gives each new partition an absolute offset to start from, read in
+//!   the callback (`start_offsets`): librdkafka's own lookup, in flight while a partition
+//!   was paused or resumed, was answered late and started the partition over.
 //! - An assign holds the new partitions' records in their own queues
 //!   ([`crate::ingest::hold`]), out of the consumer's: librdkafka fetches them while the
 //!   loop restores the partitions' stores from the changelog, and none is processed before
