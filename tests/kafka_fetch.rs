@@ -4,7 +4,9 @@
 //! a seek (what an aborted transaction does) drops the records fetched before it, so that
 //! consumption goes on from the seek's offset without stale records in between; and a
 //! partition held before it is assigned (what a rebalance does until the partition's state
-//! is restored) keeps what is fetched out of the consumer's queue until it is followed.
+//! is restored) keeps what is fetched out of the consumer's queue until it is followed;
+//! and a newly assigned partition is given an absolute start (`processor::start_offsets`):
+//! its committed offset, else its log start.
 
 mod common;
 
@@ -12,7 +14,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use order_milestones::ingest::{hold, Batch, FetchQueue, InputRecord};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use order_milestones::processor::start_offsets;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -249,4 +254,55 @@ async fn a_held_partition_keeps_its_records_until_followed_then_hands_them_over_
         consumer.poll(Duration::ZERO);
         fetch.consume(Duration::from_millis(100), 250, &mut batch);
     }
+}
+
+/// A new partition starts where its group committed, else at its log start, both given as
+/// absolute offsets before the assignment, so that librdkafka looks nothing up (a lookup
+/// in flight while the partition was paused or resumed made it start the partition over).
+#[tokio::test]
+async fn new_partitions_start_at_their_committed_offset_or_their_log_start() {
+    common::require_kafka();
+    let topic = common::unique_topic("start_offsets");
+    common::create_topic(&topic, 3).await;
+    produce(&topic); // partitions 0 and 1; 2 stays empty
+                     // Partition 1's first 100 records deleted: its log start is 100, not 0.
+    let admin: AdminClient<DefaultClientContext> =
+        common::client_config().create().expect("admin client");
+    let mut cut = TopicPartitionList::new();
+    cut.add_partition_offset(&topic, 1, Offset::Offset(100))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("deleting records");
+    assert!(deleted.elements()[0].error().is_ok(), "{deleted:?}");
+    // The group committed 250 for partition 0.
+    let group = common::unique_group("start_offsets");
+    let consumer: BaseConsumer = common::client_config()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut commit = TopicPartitionList::new();
+    commit
+        .add_partition_offset(&topic, 0, Offset::Offset(250))
+        .unwrap();
+    consumer
+        .commit(&commit, CommitMode::Sync)
+        .expect("committing");
+
+    let mut assigned = TopicPartitionList::new();
+    for partition in 0..3 {
+        assigned.add_partition(&topic, partition);
+    }
+    start_offsets(&consumer, &mut assigned);
+    let start = |partition| assigned.find_partition(&topic, partition).unwrap().offset();
+    assert_eq!(start(0), Offset::Offset(250), "the committed offset");
+    assert_eq!(start(1), Offset::Offset(100), "the log start");
+    assert_eq!(
+        start(2),
+        Offset::Offset(0),
+        "an empty partition's log start"
+    );
 }

@@ -58,6 +58,7 @@ use crate::state::{OpenedStore, StateDir, StoreError};
 use crate::topics::{self, TopicsError};
 
 use self::core::{lock, Core, Deliveries, Inputs};
+pub use self::rebalance::start_offsets;
 use self::rebalance::RebalanceContext;
 use self::shard::{OutputTopics, Outputs, Settings, Shared, Task};
 

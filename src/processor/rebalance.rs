@@ -257,7 +257,7 @@ const START_LOOKUP_WAIT: Duration = Duration::from_secs(30);
 /// meanwhile was then fetched again from its first record, every event processed twice
 /// (counted as duplicates; seen in the two-instance API test). A partition whose start
 /// cannot be read here is left to librdkafka, as before.
-fn start_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &mut TopicPartitionList) {
+pub fn start_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &mut TopicPartitionList) {
     let unknown: Vec<(String, i32)> = tpl
         .elements()
         .iter()
