@@ -2,7 +2,12 @@
 //! bootstrap servers and passthrough properties of the configuration, then what each role
 //! needs and the service manages itself.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::emit::txn;
@@ -184,6 +189,35 @@ fn murmur2(data: &[u8]) -> u32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h
+}
+
+/// Where each of `partitions` (topic, partition) starts (`at` = `Offset::Beginning`: the
+/// log start) or ends (`Offset::End`: for a `read_committed` consumer, the last stable
+/// offset), in one ListOffsets request per leader (the request's timestamps -2 and -1,
+/// through `offsets_for_times`). A partition whose offset could not be read is left out.
+pub fn list_offsets<'t, C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: impl IntoIterator<Item = (&'t str, i32)>,
+    at: Offset,
+    wait: Duration,
+) -> HashMap<(String, i32), i64> {
+    let mut ask = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        // Cannot fail: the log start and end are offsets a list may hold.
+        let _ = ask.add_partition_offset(topic, partition, at);
+    }
+    let Ok(offsets) = consumer.offsets_for_times(ask, wait) else {
+        return HashMap::new();
+    };
+    offsets
+        .elements()
+        .into_iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) => Some(((e.topic().to_owned(), e.partition()), offset)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

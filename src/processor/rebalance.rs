@@ -27,7 +27,7 @@
 //!   the follower consumer gets the same-numbered partitions of the others once restored
 //!   (see `restore_pending`), and gives them up here, with the revoked ones.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -277,33 +277,30 @@ pub fn start_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &mut T
             return warn!(%error, "reading new partitions' committed offsets failed; librdkafka looks them up")
         }
     };
-    let known = |list: &TopicPartitionList, topic: &str, partition: i32| {
-        list.find_partition(topic, partition)
+    let committed_at = |topic: &str, partition: i32| {
+        committed
+            .find_partition(topic, partition)
             .filter(|e| e.error().is_ok())
             .and_then(|e| match e.offset() {
                 Offset::Offset(at) => Some(at),
                 _ => None,
             })
     };
-    // One request for the log start of all those without a committed offset
-    // (a ListOffsets timestamp of -2).
-    let starts = match unknown
+    // One request for the log start of all those without a committed offset.
+    let without: Vec<(&str, i32)> = unknown
         .iter()
-        .any(|(topic, partition)| known(&committed, topic, *partition).is_none())
-    {
-        true => {
-            let mut ask = TopicPartitionList::new();
-            for (topic, partition) in &unknown {
-                // Cannot fail: the log start is an offset a list may hold.
-                let _ = ask.add_partition_offset(topic, *partition, Offset::Beginning);
-            }
-            consumer.offsets_for_times(ask, START_LOOKUP_WAIT).ok()
+        .map(|(topic, partition)| (topic.as_str(), *partition))
+        .filter(|&(topic, partition)| committed_at(topic, partition).is_none())
+        .collect();
+    let starts = match without.is_empty() {
+        true => HashMap::new(),
+        false => {
+            crate::kafka::list_offsets(consumer, without, Offset::Beginning, START_LOOKUP_WAIT)
         }
-        false => None,
     };
     for (topic, partition) in &unknown {
-        let start = known(&committed, topic, *partition)
-            .or_else(|| starts.as_ref().and_then(|s| known(s, topic, *partition)));
+        let start = committed_at(topic, *partition)
+            .or_else(|| starts.get(&(topic.clone(), *partition)).copied());
         match start {
             Some(at) => {
                 if let Err(error) = tpl.set_partition_offset(topic, *partition, Offset::Offset(at))

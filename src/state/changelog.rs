@@ -256,28 +256,22 @@ impl Restorer {
         partitions: &[i32],
         wait: Duration,
     ) -> HashMap<i32, Watermarks> {
-        let ask = |at: Offset| {
-            let mut list = TopicPartitionList::new();
-            for &partition in partitions {
-                // A ListOffsets request's timestamps: -2 the log start, -1 the end.
-                list.add_partition_offset(topic, partition, at).ok()?;
-            }
-            let offsets = self.consumer.offsets_for_times(list, wait).ok()?;
-            Some(
-                offsets
-                    .elements()
-                    .into_iter()
-                    .filter(|e| e.error().is_ok())
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(at) => Some((e.partition(), at)),
-                        _ => None,
-                    })
-                    .collect::<HashMap<i32, i64>>(),
+        let ask = |at| {
+            crate::kafka::list_offsets(
+                &self.consumer,
+                partitions.iter().map(|&partition| (topic, partition)),
+                at,
+                wait,
             )
+            .into_iter()
+            .map(|((_, partition), offset)| (partition, offset))
+            .collect::<HashMap<i32, i64>>()
         };
-        let (Some(low), Some(high)) = (ask(Offset::Beginning), ask(Offset::End)) else {
+        let low = ask(Offset::Beginning);
+        if low.is_empty() {
             return HashMap::new();
-        };
+        }
+        let high = ask(Offset::End);
         low.into_iter()
             .filter_map(|(partition, low)| Some((partition, (low, *high.get(&partition)?))))
             .collect()
