@@ -97,6 +97,10 @@ pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFac
     let mut items: Vec<ItemFact<'e>> = Vec::with_capacity(16);
     // Where each ASIN is in `items`, once there are too many for a scan.
     let mut index: FxHashMap<&'e str, usize> = FxHashMap::default();
+    // Where the next line's ASIN most likely is: right after the last line's. Events list
+    // an order's items in one order (the ordered event all of them, each pick a run of
+    // them), so this finds most without a scan.
+    let mut next = 0;
     for (event, &role) in events.iter().zip(&roles) {
         let counts = match role {
             Some(ItemRole::Ordered) => std::ptr::eq(event, counting.unwrap_or(event)),
@@ -106,7 +110,9 @@ pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFac
         for item in &event.items {
             // An order names tens of ASINs: a scan beats a map, up to a point.
             let asin = item.asin.as_str();
-            let found = if items.len() <= SCAN_ITEMS {
+            let found = if items.get(next).is_some_and(|fact| same(fact.asin, asin)) {
+                Some(next)
+            } else if items.len() <= SCAN_ITEMS {
                 items.iter().position(|fact| same(fact.asin, asin))
             } else {
                 if index.is_empty() {
@@ -130,6 +136,7 @@ pub(crate) fn item_facts<'e>(rules: &Rules, events: &'e [OrderEvent]) -> ItemFac
                     items.len() - 1
                 }
             };
+            next = at + 1;
             if !counts {
                 continue;
             }
