@@ -225,3 +225,110 @@ async fn a_flush_sends_lingering_records_at_once() {
         ["lingering-0", "lingering-1", "lingering-2"]
     );
 }
+
+/// Every partition of `topic` from the beginning to its end, as `read_committed` sees it:
+/// (partition, key, value) in each partition's order.
+async fn read_partitions(topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
+    let consumer: StreamConsumer = common::client_config()
+        .set("group.id", common::unique_group("kafka_transactions"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("creating the consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer
+        .assign(&assignment)
+        .expect("assigning the partitions");
+    let text = |bytes: Option<&[u8]>| String::from_utf8(bytes.unwrap_or_default().to_vec());
+    let mut records = Vec::new();
+    let mut ended = 0;
+    let read = async {
+        while ended < partitions {
+            match consumer.recv().await {
+                Ok(m) => records.push((
+                    m.partition(),
+                    text(m.key()).expect("utf-8 key"),
+                    text(m.payload()).expect("utf-8 value"),
+                )),
+                Err(KafkaError::PartitionEOF(_)) => ended += 1,
+                Err(e) => panic!("consuming {topic}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .unwrap_or_else(|_| panic!("{topic}: not every partition ended within 30s"));
+    records
+}
+
+/// An outbox produces every record once, to the partition the partitioner picks for its key
+/// (one per key), in the order added, into a topic just created (its partitions not known to
+/// the producer yet). Its send goes on through a full queue (librdkafka's holds 100 records
+/// here, the outbox 1,000), which produces a batch's records only up to where it filled.
+#[tokio::test]
+async fn an_outbox_produces_every_record_once_in_order_through_a_full_queue() {
+    use order_milestones::emit::txn::{self, Outbox, Topic};
+    use rdkafka::producer::BaseProducer;
+
+    common::require_kafka();
+    let name = common::unique_topic("kafka_transactions_outbox");
+    common::create_topic(&name, 3).await;
+    let producer: BaseProducer = transactional("kafka_transactions_outbox")
+        .set("queue.buffering.max.messages", "100")
+        .create()
+        .expect("creating the transactional producer");
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .expect("init_transactions");
+    // SAFETY: dropped at the end of this function, before the producer (declared first).
+    let topic = unsafe { Topic::new(&producer, &name) }.expect("the topic's handle");
+
+    producer.begin_transaction().expect("begin");
+    let mut outbox = Outbox::default();
+    for i in 0..1_000 {
+        let key = format!("k{}", i % 7);
+        outbox
+            .push(key.as_bytes(), |out| {
+                out.extend_from_slice(format!("{i}").as_bytes());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+    }
+    // A record whose value cannot be written is not added.
+    assert_eq!(outbox.push(b"k0", |_| Err("no value")), Err("no value"));
+    assert_eq!(outbox.len(), 1_000);
+    outbox.send(&producer, &topic).expect("sending the outbox");
+    assert!(outbox.is_empty(), "sent, the outbox is empty");
+    txn::flush(&producer, TXN_TIMEOUT);
+    producer.commit_transaction(TXN_TIMEOUT).expect("commit");
+    drop(topic);
+
+    let records = read_partitions(&name, 3).await;
+    let mut seen: Vec<usize> = records.iter().map(|(_, _, v)| v.parse().unwrap()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..1_000).collect::<Vec<_>>(), "each record once");
+    let mut partition_of_key = std::collections::HashMap::new();
+    for (partition, key, value) in &records {
+        let i: usize = value.parse().unwrap();
+        assert_eq!(key, &format!("k{}", i % 7), "record {i}'s key");
+        let first = *partition_of_key.entry(key.clone()).or_insert(*partition);
+        assert_eq!(*partition, first, "key {key} partitioned to one partition");
+    }
+    for partition in 0..3 {
+        let order: Vec<usize> = records
+            .iter()
+            .filter(|(p, _, _)| *p == partition)
+            .map(|(_, _, v)| v.parse().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} in the order added: {order:?}"
+        );
+    }
+}

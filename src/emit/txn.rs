@@ -113,6 +113,151 @@ impl Drop for Topic {
 /// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner picks the partition.
 const PARTITION_UNASSIGNED: i32 = -1;
 
+/// Keyed records for one topic, collected and then produced together, in the order they
+/// were added, each to the partition the producer's partitioner picks for its key
+/// ([`Outbox::send`]).
+///
+/// One `rd_kafka_produce_batch` call per send instead of one `rd_kafka_produce` per record:
+/// librdkafka then checks the producer's state, reads the clock for the records'
+/// timestamps and takes the topic's lock once for the batch, and once more per record (to
+/// queue it) where alone it read the clock three times; those reads were 5% of the
+/// processing threads' time (BENCHMARKS.md, session 28).
+///
+/// Records are not given partitions here: for a record with its partition given,
+/// librdkafka 2.12's `rd_kafka_produce_batch` adds the topic's unassigned-partition queue
+/// to the transaction when it does not know the topic's partitions yet, which then fails
+/// (tests/kafka_transactions.rs showed it on a topic just created); [`send_to`] has no such
+/// hazard.
+#[derive(Default)]
+pub struct Outbox {
+    /// The records' keys and values, one after the other.
+    bytes: Vec<u8>,
+    /// Per record: where its key starts, where its value starts, where it ends.
+    records: Vec<(usize, usize, usize)>,
+    /// librdkafka's messages of a send, pointing into `bytes`; kept for its allocation.
+    messages: Vec<rdsys::rd_kafka_message_t>,
+}
+
+// SAFETY: `messages` holds pointers into `bytes` only during `send`, which fills and uses
+// them on the calling thread; between sends they are stale and never read.
+unsafe impl Send for Outbox {}
+
+impl Outbox {
+    /// How many records wait to be sent.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Adds a record with `key` and the value `write` appends to the buffer it is given;
+    /// if `write` fails, nothing is added.
+    pub fn push<E>(
+        &mut self,
+        key: &[u8],
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let value = self.bytes.len();
+        match write(&mut self.bytes) {
+            Ok(()) => {
+                self.records.push((start, value, self.bytes.len()));
+                Ok(())
+            }
+            Err(error) => {
+                self.bytes.truncate(start);
+                Err(error)
+            }
+        }
+    }
+
+    /// Forgets the records not sent (their transaction is aborted).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+        self.messages.clear();
+    }
+
+    /// Produces every record added since the last send to `topic` (a handle of
+    /// `producer`), in order, serving delivery reports while librdkafka's queue is full; the
+    /// outbox is empty after it, also when it fails.
+    ///
+    /// Errors: any production error other than a full queue (unknown topic, record too
+    /// large); records before the failing one may have been produced.
+    pub fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+        &mut self,
+        producer: &BaseProducer<C>,
+        topic: &Topic,
+    ) -> Result<(), KafkaError> {
+        let result = self.send_all(producer, topic);
+        self.clear();
+        result
+    }
+
+    fn send_all<C: ProducerContext<DeliveryOpaque = ()>>(
+        &mut self,
+        producer: &BaseProducer<C>,
+        topic: &Topic,
+    ) -> Result<(), KafkaError> {
+        let base = self.bytes.as_ptr();
+        let mut from = 0;
+        while from < self.records.len() {
+            self.messages.clear();
+            self.messages
+                .extend(self.records[from..].iter().map(|&(key, value, end)| {
+                    // SAFETY: the offsets are within `bytes`, which is not changed until the
+                    // produce call below has returned (librdkafka copies keys and values).
+                    let (key_ptr, value_ptr) = unsafe { (base.add(key), base.add(value)) };
+                    rdsys::rd_kafka_message_t {
+                        err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+                        rkt: std::ptr::null_mut(),
+                        partition: PARTITION_UNASSIGNED,
+                        payload: value_ptr.cast_mut().cast::<std::ffi::c_void>(),
+                        len: end - value,
+                        key: key_ptr.cast_mut().cast::<std::ffi::c_void>(),
+                        key_len: value - key,
+                        offset: 0,
+                        _private: std::ptr::null_mut(),
+                    }
+                }));
+            let count = i32::try_from(self.messages.len()).unwrap_or(i32::MAX);
+            // SAFETY: a topic handle of a live producer (the contract of `Topic::new`) and
+            // `count` initialized messages whose keys and values live in `bytes`; each is
+            // copied (`RD_KAFKA_MSG_F_COPY`), and its error set, before the call returns. No
+            // delivery opaque, as `DeliveryOpaque = ()` reads it.
+            unsafe {
+                rdsys::rd_kafka_produce_batch(
+                    topic.rkt.as_ptr(),
+                    PARTITION_UNASSIGNED,
+                    rdsys::RD_KAFKA_MSG_F_COPY,
+                    self.messages.as_mut_ptr(),
+                    count,
+                );
+            }
+            let sent = &self.messages[..count as usize];
+            match sent
+                .iter()
+                .position(|m| m.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            {
+                None => from += sent.len(),
+                Some(failed) => match RDKafkaErrorCode::from(sent[failed].err) {
+                    // The queue filled up at `failed`: it and every record after it were
+                    // left out, those before it are queued.
+                    RDKafkaErrorCode::QueueFull => {
+                        serve_reports(producer);
+                        from += failed;
+                    }
+                    code => return Err(KafkaError::MessageProduction(code)),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
 /// [`send`] for the hot path: one record to `topic` (a handle of `producer`), to
 /// `partition` or, with none, to the partition the producer's partitioner picks for `key`;
 /// no payload is a tombstone. librdkafka copies key and payload.

@@ -206,7 +206,10 @@ impl Core {
         // A partition held by none goes to shard 0, which says what to do with it.
         let shard = self.shard_of(message.partition()).unwrap_or(0);
         self.begin()?;
-        let result = self.shards[shard].process(&self.shared, message);
+        let shard = &mut self.shards[shard];
+        let result = shard
+            .process(&self.shared, message)
+            .and_then(|()| shard.send_records(&self.shared));
         self.registry_down(inputs, result)
     }
 
@@ -495,7 +498,7 @@ fn process_lanes(
             return Err(error);
         }
     }
-    Ok(())
+    shard.send_records(shared)
 }
 
 /// Processes a batch's records with `shard`, up to the first error. Consumer errors in the

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use crate::api::LocalOrders;
-use crate::emit::txn::{send, send_to, Topic};
+use crate::emit::txn::{send, send_to, Outbox, Topic};
 use crate::emit::RecordEncoder;
 use crate::engine::{codec, Engine, OrderEvent, OrderGraph};
 use crate::ingest::{EventDecoder, InputRecord};
@@ -44,6 +44,46 @@ const SWEEP_PER_TXN: usize = 200;
 
 /// The dead-letter class of an event for an order retention removed.
 pub(crate) const EXPIRED_ORDER: &str = "expired_order";
+
+/// At most this many change records wait in a shard's outbox; it is sent when full, and
+/// after each run of batches (`core::process_lanes`) whatever its size.
+const OUTBOX_RECORDS: usize = 2048;
+
+/// A shard's change records and order views made since they were last sent, produced
+/// together per topic ([`Outbox`]). Changelog records, which go to the partition of their
+/// input's, are produced at once ([`send_to`]; see [`Outbox`] for why).
+#[derive(Default)]
+struct Outboxes {
+    changes: Outbox,
+    status: Outbox,
+}
+
+impl Outboxes {
+    fn len(&self) -> usize {
+        self.changes.len() + self.status.len()
+    }
+
+    /// Produces what waits, in the open transaction.
+    fn send(&mut self, shared: &Shared) -> Result<(), ProcessorError> {
+        let Shared {
+            producer, topics, ..
+        } = shared;
+        for (outbox, topic) in [
+            (&mut self.changes, &topics.changes),
+            (&mut self.status, &topics.status),
+        ] {
+            if !outbox.is_empty() {
+                outbox.send(producer, topic)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.changes.clear();
+        self.status.clear();
+    }
+}
 
 /// Topic names the processor writes to.
 pub(crate) struct Outputs {
@@ -263,7 +303,7 @@ impl Task {
         partition: i32,
         order_id: CompactString,
         finished: bool,
-        buffer: &mut Vec<u8>,
+        outbox: &mut Outboxes,
     ) -> Result<(), ProcessorError> {
         let window = shared.settings.write_out_after as u64;
         debug_assert!(window > 0, "touched with the write-out window off");
@@ -285,7 +325,7 @@ impl Task {
             match changed {
                 // Queued finished, and no event since: finished still.
                 Changed::Open { graph, touched } if *touched == touch => {
-                    let state = write_out(shared, partition, &order_id, graph, buffer)?;
+                    let state = write_out(shared, partition, &order_id, graph, outbox)?;
                     *changed = Changed::Written(state); // the graph is dropped while in cache
                 }
                 _ => {} // written out already, or it had an event since
@@ -313,14 +353,14 @@ impl Task {
     }
 }
 
-/// Produces the order's changelog record and view, in the open transaction, and returns its
-/// state for the store.
+/// Produces the order's changelog record and adds its view to the shard's outbox (produced
+/// with the outbox, in the open transaction), and returns its state for the store.
 fn write_out(
     shared: &Shared,
     partition: i32,
     order_id: &str,
     graph: &OrderGraph,
-    buffer: &mut Vec<u8>,
+    outbox: &mut Outboxes,
 ) -> Result<Vec<u8>, ProcessorError> {
     let Shared {
         engine,
@@ -338,9 +378,9 @@ fn write_out(
         key,
         Some(&state),
     )?;
-    buffer.clear();
-    views.encode_view(&engine.view(graph), buffer)?;
-    send_to(producer, &topics.status, None, key, Some(buffer))?;
+    outbox
+        .status
+        .push(key, |out| views.encode_view(&engine.view(graph), out))?;
     Ok(state)
 }
 
@@ -397,7 +437,8 @@ pub(crate) struct Shard {
     /// latency once the transaction commits. Tens of thousands of entries under a backlog;
     /// cleared, not freed, after each transaction.
     times: Vec<(i64, Option<i64>)>,
-    buffer: Vec<u8>,
+    /// The records made since the last [`Shard::send_records`], produced together.
+    outbox: Outboxes,
     /// The per-event counters, looked up once each.
     counters: LocalCounters,
 }
@@ -445,6 +486,9 @@ impl Shard {
                 if let Some(expired) = self.apply(shared, partition, event)? {
                     self.dead_letter(shared, message, EXPIRED_ORDER, &expired)?;
                 }
+                if self.outbox.len() >= OUTBOX_RECORDS {
+                    self.send_records(shared)?;
+                }
             }
         }
         self.consumed
@@ -491,15 +535,13 @@ impl Shard {
     ) -> Result<Option<ExpiredOrder>, ProcessorError> {
         let Shard {
             tasks,
-            buffer,
+            outbox,
             counters,
             ..
         } = self;
         let Shared {
             engine,
-            producer,
             changes,
-            topics,
             settings,
             ..
         } = shared;
@@ -575,21 +617,15 @@ impl Shard {
             } else {
                 counters.milestone_reached(&shared.metrics, &change.milestone, change.inferred);
             }
-            buffer.clear();
-            changes.encode_change(change, buffer)?;
-            send_to(
-                producer,
-                &topics.changes,
-                None,
-                change.order_id.as_bytes(),
-                Some(buffer),
-            )?;
+            outbox.changes.push(change.order_id.as_bytes(), |out| {
+                changes.encode_change(change, out)
+            })?;
         }
         if settings.write_out_after > 0 {
             // Only finished orders are written out early (see `Task::finished`).
             let finished = engine.finished_at(graph).is_some();
             let order_id = graph.order_id.clone();
-            task.touched(shared, partition, order_id, finished, buffer)?;
+            task.touched(shared, partition, order_id, finished, outbox)?;
         }
         Ok(None)
     }
@@ -637,12 +673,18 @@ impl Shard {
         Ok(send(&shared.producer, record)?)
     }
 
+    /// Produces the records made since the last call, in the open transaction. Called
+    /// after each run of batches and before the transaction's commit.
+    pub fn send_records(&mut self, shared: &Shared) -> Result<(), ProcessorError> {
+        self.outbox.send(shared)
+    }
+
     /// Produces the changelog record and the view of every order the transaction changed,
     /// the tombstones of the finished orders whose retention is over (a sweep over part of
     /// each store) and each partition's stream time; returns the store batches to write once
     /// the transaction commits.
     pub fn prepare(&mut self, shared: &Shared) -> Result<Writes, ProcessorError> {
-        let Shard { tasks, buffer, .. } = self;
+        let Shard { tasks, outbox, .. } = self;
         let Shared {
             engine,
             producer,
@@ -660,7 +702,7 @@ impl Shard {
             for (order_id, changed) in &mut task.dirty {
                 let state = match changed {
                     Changed::Open { graph, .. } => {
-                        write_out(shared, partition, order_id, graph, buffer)?
+                        write_out(shared, partition, order_id, graph, outbox)?
                     }
                     Changed::Written(state) => std::mem::take(state),
                 };
@@ -692,6 +734,7 @@ impl Shard {
             }
             writes.push((partition, batch));
         }
+        outbox.send(shared)?;
         Ok(writes)
     }
 
@@ -736,6 +779,7 @@ impl Shard {
     pub fn aborted(&mut self, shared: &Shared) -> Consumed {
         // What was counted happened: events came in, however the transaction ended.
         self.counters.flush(&shared.metrics);
+        self.outbox.clear();
         for task in self.tasks.values_mut() {
             task.clear_changes();
             task.stream_time = task.committed_stream_time;
