@@ -30,10 +30,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[],
         &[output.as_str()],
         count.parse()?,
-        |producer, topics, _, record| {
+        |producer, topics, outboxes, _, record| {
             // The input is keyed by order id: every record has a key.
             let key = record.key().unwrap_or_default();
-            txn::send_to(producer, &topics[0], None, key, record.payload())
+            match record.payload() {
+                // Produced together after the batch, as the service's change records are.
+                Some(payload) => outboxes[0].push(key, |out| {
+                    out.extend_from_slice(payload);
+                    Ok(())
+                }),
+                None => txn::send_to(producer, &topics[0], None, key, None),
+            }
         },
     )?;
     println!("{committed} {:.3}", started.elapsed().as_secs_f64());

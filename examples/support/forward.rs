@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use order_milestones::emit::txn::{self, Topic, TXN_TIMEOUT};
+use order_milestones::emit::txn::{self, Outbox, Topic, TXN_TIMEOUT};
 use order_milestones::ingest::{Batch, FetchQueue, InputRecord};
 use order_milestones::kafka::{INPUT_FETCH_WAIT_MAX_MS, RECONNECT_BACKOFF_MS};
 use rdkafka::config::ClientConfig;
@@ -57,31 +57,60 @@ impl Txn {
         &mut self,
         producer: &BaseProducer,
         topics: &[Topic],
-        forward: &mut impl FnMut(
-            &BaseProducer,
-            &[Topic],
-            u64,
-            &dyn InputRecord,
-        ) -> Result<(), KafkaError>,
+        outboxes: &mut [Outbox],
+        forward: &mut impl Forward,
         record: &dyn InputRecord,
     ) -> Result<(), KafkaError> {
         if self.started.is_none() {
             producer.begin_transaction()?;
             self.started = Some(Instant::now());
         }
-        forward(producer, topics, self.consumed, record)?;
+        forward(producer, topics, outboxes, self.consumed, record)?;
         self.offsets.insert(record.partition(), record.offset() + 1);
         self.consumed += 1;
         Ok(())
     }
 }
 
+/// What produces a consumed record's outputs: `forward(producer, topics, outboxes, index,
+/// record)`, `topics` the producer's handles of the outputs and `outboxes` one per output,
+/// in order; `index` counts the records consumed, from 0.
+pub trait Forward:
+    FnMut(&BaseProducer, &[Topic], &mut [Outbox], u64, &dyn InputRecord) -> Result<(), KafkaError>
+{
+}
+
+impl<F> Forward for F where
+    F: FnMut(
+        &BaseProducer,
+        &[Topic],
+        &mut [Outbox],
+        u64,
+        &dyn InputRecord,
+    ) -> Result<(), KafkaError>
+{
+}
+
+/// Produces what waits in `outboxes`, each to its topic.
+fn send_outboxes(
+    producer: &BaseProducer,
+    topics: &[Topic],
+    outboxes: &mut [Outbox],
+) -> Result<(), KafkaError> {
+    for (outbox, topic) in outboxes.iter_mut().zip(topics) {
+        if !outbox.is_empty() {
+            outbox.send(producer, topic)?;
+        }
+    }
+    Ok(())
+}
+
 /// Consumes `input` as a member of `group` until `count` records are committed, calling
-/// `forward(producer, topics, index, record)` for each (`topics` the producer's handles of
-/// `outputs`, in order; `index` counts the records consumed, from 0) inside the open
-/// transaction. The producer has the transactional id `transactional_id`, idempotence and
-/// `producer_settings`; it sends through topic handles (`txn::send_to`), as the service
-/// does. Returns how many records were committed.
+/// `forward` for each inside the open transaction. The producer has the transactional id
+/// `transactional_id`, idempotence and `producer_settings`; it sends as the service does:
+/// through topic handles, one record at a time (`txn::send_to`) or an outbox per topic,
+/// whose records are produced together after each batch of input records (`txn::Outbox`).
+/// Returns how many records were committed.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_all(
     bootstrap: &str,
@@ -91,7 +120,7 @@ pub fn forward_all(
     producer_settings: &[(&str, &str)],
     outputs: &[&str],
     count: u64,
-    mut forward: impl FnMut(&BaseProducer, &[Topic], u64, &dyn InputRecord) -> Result<(), KafkaError>,
+    mut forward: impl Forward,
 ) -> Result<u64, Box<dyn std::error::Error>> {
     let mut producer_config = ClientConfig::new();
     producer_config
@@ -128,6 +157,7 @@ pub fn forward_all(
     // add 500 ms here (see `txn::init_transactions`).
     txn::init_transactions(&producer, TXN_TIMEOUT)?;
 
+    let mut outboxes: Vec<Outbox> = topics.iter().map(|_| Outbox::default()).collect();
     let fetch = FetchQueue::new(&consumer);
     let mut batch = Batch::default();
     let mut txn = Txn::default();
@@ -135,7 +165,7 @@ pub fn forward_all(
     while committed < count {
         // Events, and the records fetched before a newly assigned partition is followed.
         if let Some(message) = consumer.poll(Duration::ZERO) {
-            txn.take(&producer, &topics, &mut forward, &message?)?;
+            txn.take(&producer, &topics, &mut outboxes, &mut forward, &message?)?;
         }
         let assigned = std::mem::take(
             &mut *consumer
@@ -150,10 +180,11 @@ pub fn forward_all(
         fetch.consume(Duration::from_millis(20), 500, &mut batch);
         for index in 0..batch.len() {
             if let Some(record) = batch.get(index) {
-                txn.take(&producer, &topics, &mut forward, &record?)?;
+                txn.take(&producer, &topics, &mut outboxes, &mut forward, &record?)?;
             }
         }
         batch.clear();
+        send_outboxes(&producer, &topics, &mut outboxes)?;
         let Some(started) = txn.started else {
             continue;
         };
