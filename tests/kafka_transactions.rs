@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,41 +35,36 @@ fn transactional(name: &str) -> rdkafka::ClientConfig {
     config
 }
 
+/// A new topic of `partitions` for the test `test`, and a transactional producer with
+/// `settings`, its transactions initialized.
+async fn topic_and_producer(
+    test: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> (String, BaseProducer) {
+    let topic = common::unique_topic(test);
+    common::create_topic(&topic, partitions).await;
+    let mut config = transactional(test);
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let producer: BaseProducer = config
+        .create()
+        .expect("creating the transactional producer");
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .expect("init_transactions");
+    (topic, producer)
+}
+
 /// Reads partition 0 of `topic` from the beginning to its end (as this isolation level
 /// sees it) and returns the payloads in order.
 async fn read_all(topic: &str, isolation_level: &str) -> Vec<String> {
-    let consumer: StreamConsumer = common::client_config()
-        .set("group.id", common::unique_group("kafka_transactions"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation_level)
-        .create()
-        .expect("creating the consumer");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer
-        .assign(&assignment)
-        .expect("assigning the partition");
-
-    let mut payloads = Vec::new();
-    let read = async {
-        loop {
-            match consumer.recv().await {
-                Ok(m) => payloads.push(
-                    String::from_utf8(m.payload().unwrap_or_default().to_vec())
-                        .expect("utf-8 payload"),
-                ),
-                Err(KafkaError::PartitionEOF(_)) => break,
-                Err(e) => panic!("consuming {topic} ({isolation_level}): {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    read_partitions(topic, 1, isolation_level)
         .await
-        .unwrap_or_else(|_| panic!("{topic} ({isolation_level}): no end of partition within 30s"));
-    payloads
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect()
 }
 
 #[tokio::test]
@@ -131,18 +126,10 @@ async fn read_committed_sees_only_committed_transactions() {
 #[tokio::test]
 async fn abort_with_records_in_flight_completes_and_the_producer_goes_on() {
     use order_milestones::emit::txn;
-    use rdkafka::producer::{BaseProducer, BaseRecord};
+    use rdkafka::producer::BaseRecord;
 
     common::require_kafka();
-    let topic = common::unique_topic("kafka_transactions_abort");
-    common::create_topic(&topic, 1).await;
-
-    let producer: BaseProducer = transactional("kafka_transactions_abort")
-        .create()
-        .expect("creating the transactional producer");
-    producer
-        .init_transactions(TXN_TIMEOUT)
-        .expect("init_transactions");
+    let (topic, producer) = topic_and_producer("kafka_transactions_abort", 1, &[]).await;
 
     producer.begin_transaction().expect("begin (to abort)");
     let value = [b'x'; 200];
@@ -189,18 +176,11 @@ async fn abort_with_records_in_flight_completes_and_the_producer_goes_on() {
 #[tokio::test]
 async fn a_flush_sends_lingering_records_at_once() {
     use order_milestones::emit::txn;
-    use rdkafka::producer::{BaseProducer, BaseRecord};
+    use rdkafka::producer::BaseRecord;
 
     common::require_kafka();
-    let topic = common::unique_topic("kafka_transactions_linger");
-    common::create_topic(&topic, 1).await;
-    let producer: BaseProducer = transactional("kafka_transactions_linger")
-        .set("linger.ms", "5000")
-        .create()
-        .expect("creating the transactional producer");
-    producer
-        .init_transactions(TXN_TIMEOUT)
-        .expect("init_transactions");
+    let (topic, producer) =
+        topic_and_producer("kafka_transactions_linger", 1, &[("linger.ms", "5000")]).await;
 
     for round in 0..3 {
         producer.begin_transaction().expect("begin");
@@ -226,14 +206,18 @@ async fn a_flush_sends_lingering_records_at_once() {
     );
 }
 
-/// Every partition of `topic` from the beginning to its end, as `read_committed` sees it:
-/// (partition, key, value) in each partition's order.
-async fn read_partitions(topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
+/// Partitions 0 to `partitions - 1` of `topic` from the beginning to their ends, as this
+/// isolation level sees them: (partition, key, value) in each partition's order.
+async fn read_partitions(
+    topic: &str,
+    partitions: i32,
+    isolation_level: &str,
+) -> Vec<(i32, String, String)> {
     let consumer: StreamConsumer = common::client_config()
         .set("group.id", common::unique_group("kafka_transactions"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation_level)
         .create()
         .expect("creating the consumer");
     let mut assignment = TopicPartitionList::new();
@@ -254,16 +238,18 @@ async fn read_partitions(topic: &str, partitions: i32) -> Vec<(i32, String, Stri
                 Ok(m) => records.push((
                     m.partition(),
                     text(m.key()).expect("utf-8 key"),
-                    text(m.payload()).expect("utf-8 value"),
+                    text(m.payload()).expect("utf-8 payload"),
                 )),
                 Err(KafkaError::PartitionEOF(_)) => ended += 1,
-                Err(e) => panic!("consuming {topic}: {e}"),
+                Err(e) => panic!("consuming {topic} ({isolation_level}): {e}"),
             }
         }
     };
     tokio::time::timeout(Duration::from_secs(30), read)
         .await
-        .unwrap_or_else(|_| panic!("{topic}: not every partition ended within 30s"));
+        .unwrap_or_else(|_| {
+            panic!("{topic} ({isolation_level}): not every partition ended within 30s")
+        });
     records
 }
 
@@ -274,18 +260,10 @@ async fn read_partitions(topic: &str, partitions: i32) -> Vec<(i32, String, Stri
 #[tokio::test]
 async fn an_outbox_produces_every_record_once_in_order_through_a_full_queue() {
     use order_milestones::emit::txn::{self, Outbox, Topic};
-    use rdkafka::producer::BaseProducer;
 
     common::require_kafka();
-    let name = common::unique_topic("kafka_transactions_outbox");
-    common::create_topic(&name, 3).await;
-    let producer: BaseProducer = transactional("kafka_transactions_outbox")
-        .set("queue.buffering.max.messages", "100")
-        .create()
-        .expect("creating the transactional producer");
-    producer
-        .init_transactions(TXN_TIMEOUT)
-        .expect("init_transactions");
+    let settings = [("queue.buffering.max.messages", "100")];
+    let (name, producer) = topic_and_producer("kafka_transactions_outbox", 3, &settings).await;
     // SAFETY: dropped at the end of this function, before the producer (declared first).
     let topic = unsafe { Topic::new(&producer, &name) }.expect("the topic's handle");
 
@@ -309,7 +287,7 @@ async fn an_outbox_produces_every_record_once_in_order_through_a_full_queue() {
     producer.commit_transaction(TXN_TIMEOUT).expect("commit");
     drop(topic);
 
-    let records = read_partitions(&name, 3).await;
+    let records = read_partitions(&name, 3, "read_committed").await;
     let mut seen: Vec<usize> = records.iter().map(|(_, _, v)| v.parse().unwrap()).collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..1_000).collect::<Vec<_>>(), "each record once");
