@@ -2,7 +2,8 @@
 //! `BaseProducer` whose delivery reports the calling thread serves itself:
 //!
 //! - [`send`] waits for room when librdkafka's queue is full instead of failing;
-//!   [`send_to`] does the same for the hot path, through a [`Topic`] looked up once;
+//!   [`send_to`] does the same for the hot path, through a [`Topic`] looked up once, and an
+//!   [`Outbox`] for many records at once;
 //! - [`flush`] serves delivery reports as they come until nothing is in flight;
 //! - [`abort`] serves the delivery reports of the records in flight between resumable
 //!   calls of `abort_transaction`, which waits for those reports while nobody else polls;
@@ -119,9 +120,9 @@ const PARTITION_UNASSIGNED: i32 = -1;
 ///
 /// One `rd_kafka_produce_batch` call per send instead of one `rd_kafka_produce` per record:
 /// librdkafka then checks the producer's state, reads the clock for the records'
-/// timestamps and takes the topic's lock once for the batch, and once more per record (to
-/// queue it) where alone it read the clock three times; those reads were 5% of the
-/// processing threads' time (BENCHMARKS.md, session 28).
+/// timestamps and takes the topic's lock once for the batch, and reads the clock once per
+/// record (to queue it), where a record produced alone costs three reads; those reads were
+/// 5% of the processing threads' time (BENCHMARKS.md, session 28).
 ///
 /// Records are not given partitions here: for a record with its partition given,
 /// librdkafka 2.12's `rd_kafka_produce_batch` adds the topic's unassigned-partition queue

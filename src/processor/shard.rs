@@ -45,8 +45,9 @@ const SWEEP_PER_TXN: usize = 200;
 /// The dead-letter class of an event for an order retention removed.
 pub(crate) const EXPIRED_ORDER: &str = "expired_order";
 
-/// At most this many change records wait in a shard's outbox; it is sent when full, and
-/// after each run of batches (`core::process_lanes`) whatever its size.
+/// While a shard processes records, at most this many change records and views wait in its
+/// outboxes: they are sent when this many wait, after each run of batches
+/// (`core::process_lanes`) and at the end of the commit's write-outs, whatever their size.
 const OUTBOX_RECORDS: usize = 2048;
 
 /// A shard's change records and order views made since they were last sent, produced
