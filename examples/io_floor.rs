@@ -136,10 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let key = key.as_deref().unwrap_or_default();
                     match payload {
                         // As the service: its change records and views produced together.
-                        Some(payload) if !single => outbox.push(key, |out| {
-                            out.extend_from_slice(payload);
-                            Ok::<(), KafkaError>(())
-                        })?,
+                        Some(payload) if !single => outbox.push_copy(key, payload),
                         _ => txn::send_to(producer, topic, None, key, payload.as_deref())?,
                     }
                     produced += 1;

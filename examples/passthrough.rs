@@ -35,10 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let key = record.key().unwrap_or_default();
             match record.payload() {
                 // Produced together after the batch, as the service's change records are.
-                Some(payload) => outboxes[0].push(key, |out| {
-                    out.extend_from_slice(payload);
+                Some(payload) => {
+                    outboxes[0].push_copy(key, payload);
                     Ok(())
-                }),
+                }
                 None => txn::send_to(producer, &topics[0], None, key, None),
             }
         },

@@ -172,6 +172,35 @@ kafka_client_tool() {
     kafka_tool "$main" --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"
 }
 
+# A service configuration for the local stack, to stdout, as the benchmarks run it: application
+# id $1 (its input topic $1-events, its outputs named after it, instance $1-0), its state in
+# $2, and with $3 (avro or json; default: the configuration's defaults, Avro) the format of
+# its input and output records. HTTP on 127.0.0.1:18080, so one such service at a time.
+local_config() {
+    local id=$1 state=$2 format=${3:-}
+    cat <<TOML
+[application]
+id = "$id"
+instance_id = "$id-0"
+[kafka]
+bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
+[schema_registry]
+url = "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
+[topics]
+inputs = ["$id-events"]
+changes = "$id-milestones"
+status = "$id-status"
+${format:+input_format = \"$format\"
+output_format = \"$format\"}
+[state]
+dir = "$state"
+[http]
+listen = "127.0.0.1:18080"
+[auth]
+hs256_secret = "local benchmark secret: long enough for HS256, used only by these runs"
+TOML
+}
+
 # A benchmark's service configuration $1 under another application id $2 (so a fresh group,
 # fresh output topics named after it, and nothing restored) with its state in $3, to stdout.
 config_as() {

@@ -98,9 +98,7 @@ fn send_outboxes(
     outboxes: &mut [Outbox],
 ) -> Result<(), KafkaError> {
     for (outbox, topic) in outboxes.iter_mut().zip(topics) {
-        if !outbox.is_empty() {
-            outbox.send(producer, topic)?;
-        }
+        outbox.send(producer, topic)?;
     }
     Ok(())
 }

@@ -175,6 +175,14 @@ impl Outbox {
         }
     }
 
+    /// Adds a record with `key` and `value`, as they are.
+    pub fn push_copy(&mut self, key: &[u8], value: &[u8]) {
+        let Ok(()) = self.push(key, |out| {
+            out.extend_from_slice(value);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+
     /// Forgets the records not sent (their transaction is aborted).
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -184,7 +192,7 @@ impl Outbox {
 
     /// Produces every record added since the last send to `topic` (a handle of
     /// `producer`), in order, serving delivery reports while librdkafka's queue is full; the
-    /// outbox is empty after it, also when it fails.
+    /// outbox is empty after it, also when it fails. Nothing to do when it is empty.
     ///
     /// Errors: any production error other than a full queue (unknown topic, record too
     /// large); records before the failing one may have been produced.

@@ -73,9 +73,7 @@ impl Outboxes {
             (&mut self.changes, &topics.changes),
             (&mut self.status, &topics.status),
         ] {
-            if !outbox.is_empty() {
-                outbox.send(producer, topic)?;
-            }
+            outbox.send(producer, topic)?;
         }
         Ok(())
     }
