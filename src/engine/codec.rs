@@ -132,9 +132,11 @@ pub(crate) fn utf8(raw: &[u8]) -> Result<&str, std::str::Utf8Error> {
     }
 }
 
-/// The encoding of `graph` as a new buffer.
+/// The encoding of `graph` as a new buffer, allocated once for most orders: with 256 + 64
+/// bytes per event, half of the benchmark's orders (929 bytes for 9.7 events on average)
+/// grew it once more, and estimating from the events cost more than that growth.
 pub fn to_bytes(graph: &OrderGraph) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + 64 * graph.events.len());
+    let mut out = Vec::with_capacity(128 + 112 * graph.events.len());
     encode(graph, &mut out);
     out
 }
@@ -596,7 +598,11 @@ mod tests {
                 let mut out = vec![0xAA; before];
                 put_u64(&mut out, v);
                 let len = out.len() - before;
-                assert_eq!(read_varint(&out[before..]), Ok((v, len)), "{v} after {before}");
+                assert_eq!(
+                    read_varint(&out[before..]),
+                    Ok((v, len)),
+                    "{v} after {before}"
+                );
                 assert_eq!(len, (64 - v.leading_zeros()).max(1).div_ceil(7) as usize);
             }
         }
