@@ -1,6 +1,7 @@
-//! The engine's per-order work in four phases, each a function of its own, for counting
-//! instructions under callgrind: on this shared machine timings of the same code move by a
-//! third between runs, instruction counts do not (BENCHMARKS.md, "Engine").
+//! The engine's per-order work in four phases, and the Avro decoding of its input, each a
+//! function of its own, for counting instructions under callgrind: on this shared machine
+//! timings of the same code move by a third between runs, instruction counts do not
+//! (BENCHMARKS.md, "Engine").
 //!
 //! ```sh
 //! cargo build --release --example engine_icount
@@ -13,15 +14,19 @@
 //! every event to its order decoded from its stored bytes and encodes it again;
 //! `apply_phase` applies every event, as the service does within a transaction;
 //! `state_phase` encodes each order's state and `view_phase` builds each order's view, as
-//! a write-out does.
+//! a write-out does. `decode_phase`, not the engine's but the record's way in, reads every
+//! event from its Avro datum and validates it, as the ingest does for a record written with
+//! our schema (`ingest::avro::read_event`).
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
 use compact_str::CompactString;
+use order_milestones::emit::RecordEncoder;
 use order_milestones::engine::{codec, Engine, OrderEvent, OrderGraph, Rules};
 use order_milestones::generate::{GenerateConfig, Generator};
+use order_milestones::ingest::avro::{read_event, split_header};
 
 #[global_allocator]
 static ALLOCATOR: order_milestones::alloc::Allocator = order_milestones::alloc::Allocator;
@@ -69,6 +74,19 @@ fn view_phase(engine: &Engine, graphs: &[OrderGraph]) -> usize {
     graphs.iter().map(|g| engine.view(g).items.len()).sum()
 }
 
+#[inline(never)]
+fn decode_phase(records: &[Vec<u8>]) -> usize {
+    records
+        .iter()
+        .map(|record| {
+            let (_, datum) = split_header(record).expect("framed by the encoder");
+            let event = read_event(datum).expect("written by the encoder");
+            event.validate().expect("generated events are valid");
+            event.items.len()
+        })
+        .sum()
+}
+
 fn main() {
     let engine = Engine::new(Arc::new(Rules::builtin().expect("built-in rules")));
     let events: Vec<OrderEvent> = Generator::new(GenerateConfig {
@@ -76,6 +94,18 @@ fn main() {
         ..GenerateConfig::default()
     })
     .collect();
+    let encoder = RecordEncoder::avro_with_schema_id(1);
+    let records: Vec<Vec<u8>> = events
+        .iter()
+        .map(|event| {
+            let mut record = Vec::new();
+            encoder
+                .encode_event(event, &mut record)
+                .expect("Avro encodes any event");
+            record
+        })
+        .collect();
+    black_box(decode_phase(&records));
     black_box(stored_phase(&engine, &events));
     let graphs: Vec<OrderGraph> = apply_phase(&engine, events).into_values().collect();
     println!(
