@@ -400,6 +400,9 @@ pub(crate) enum VarintError {
 /// its value and how many bytes it takes. Read off the slice, not a checked byte at a time.
 #[inline]
 pub(crate) fn read_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
+    if let Some(read) = read_varint_word(bytes) {
+        return Ok(read);
+    }
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().take(10).enumerate() {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -411,6 +414,33 @@ pub(crate) fn read_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
         0..10 => VarintError::Truncated,
         _ => VarintError::TooLong,
     })
+}
+
+/// [`read_varint`] of a varint of at most 8 bytes with 8 bytes to read from: one load, the
+/// length from the first byte without a continuation bit, the 7-bit groups joined in three
+/// steps; `None` otherwise. An event time (6 bytes in Avro's zigzag) took a byte loop of
+/// about 120 instructions.
+#[inline]
+fn read_varint_word(bytes: &[u8]) -> Option<(u64, usize)> {
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let word = u64::from_le_bytes(*bytes.first_chunk::<8>()?);
+    // A set bit at the top of each byte that ends a varint; the first one ends this one.
+    let ends = !word & HIGH_BITS;
+    if ends == 0 {
+        return None;
+    }
+    let len = ends.trailing_zeros() as usize / 8 + 1;
+    let kept = if len == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    };
+    let groups = word & kept & !HIGH_BITS;
+    // Each byte holds 7 bits: close the gaps between byte pairs, then 16-bit and 32-bit halves.
+    let groups = ((groups & 0x7f00_7f00_7f00_7f00) >> 1) | (groups & 0x007f_007f_007f_007f);
+    let groups = ((groups & 0x3fff_0000_3fff_0000) >> 2) | (groups & 0x0000_3fff_0000_3fff);
+    let value = ((groups & 0x0fff_ffff_0000_0000) >> 4) | (groups & 0x0000_0000_0fff_ffff);
+    Some((value, len))
 }
 
 #[inline]
@@ -595,15 +625,20 @@ mod tests {
         values.push(u64::MAX);
         for v in values {
             for before in [0, 3, 7, 15] {
-                let mut out = vec![0xAA; before];
-                put_u64(&mut out, v);
-                let len = out.len() - before;
-                assert_eq!(
-                    read_varint(&out[before..]),
-                    Ok((v, len)),
-                    "{v} after {before}"
-                );
-                assert_eq!(len, (64 - v.leading_zeros()).max(1).div_ceil(7) as usize);
+                // Followed by nothing, by a byte, and by a word's worth of bytes, with and
+                // without their continuation bits: the varint must end where it ends.
+                for after in [vec![], vec![0x00], vec![0xFF; 9], vec![0x01; 9]] {
+                    let mut out = vec![0xAA; before];
+                    put_u64(&mut out, v);
+                    let len = out.len() - before;
+                    out.extend_from_slice(&after);
+                    assert_eq!(
+                        read_varint(&out[before..]),
+                        Ok((v, len)),
+                        "{v} after {before} bytes, before {after:?}"
+                    );
+                    assert_eq!(len, (64 - v.leading_zeros()).max(1).div_ceil(7) as usize);
+                }
             }
         }
         for v in [0, 1, -1, 1_700_000_000_000, i64::MIN, i64::MAX] {
