@@ -430,11 +430,8 @@ fn read_varint_word(bytes: &[u8]) -> Option<(u64, usize)> {
         return None;
     }
     let len = ends.trailing_zeros() as usize / 8 + 1;
-    let kept = if len == 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * len)) - 1
-    };
+    // Every bit up to the first end bit: the varint's bytes, nothing after them.
+    let kept = ends ^ (ends - 1);
     let groups = word & kept & !HIGH_BITS;
     // Each byte holds 7 bits: close the gaps between byte pairs, then 16-bit and 32-bit halves.
     let groups = ((groups & 0x7f00_7f00_7f00_7f00) >> 1) | (groups & 0x007f_007f_007f_007f);
